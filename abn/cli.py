@@ -1,0 +1,80 @@
+"""The ``abn`` command: ``serve``, ``train supernet``, ``train policy``, ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--option`` per field of a training config, typed and defaulted from the field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=default)
+        else:
+            parser.add_argument(flag, type=kind, default=default)
+
+
+def _config_from(cls: type, args: argparse.Namespace) -> object:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from abn.train.supernet import SupernetTrainConfig
+
+    parser = argparse.ArgumentParser(prog="abn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a model directory over HTTP")
+    serve.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"model directory (default: ABN_MODEL_DIR or {DEFAULT_MODEL_DIR})",
+    )
+    serve.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+
+    train = sub.add_parser("train", help="train a stage").add_subparsers(
+        dest="stage", required=True
+    )
+    _add_dataclass_options(
+        train.add_parser("supernet", help="stage 1: the supernet"), SupernetTrainConfig
+    )
+    policy = train.add_parser("policy", help="stage 2: the per-image width policy")
+    policy.add_argument("--model", type=Path, required=True)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy/BitOps tables and plots")
+    evaluate.add_argument("--model", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.stage == "supernet":
+        from abn.train.supernet import SupernetTrainConfig, train_supernet
+
+        train_supernet(_config_from(SupernetTrainConfig, args))
+        return 0
+    print(f"abn {args.command}: not implemented yet in this version", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Errors the model library raises; each message says what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+
+class ABNError(Exception):
+    """Base of every error raised on purpose by ``abn``."""
+
+
+class UnknownBitWidthError(ABNError, ValueError):
+    """A width outside the layer's candidate set was asked for."""
+
+    def __init__(self, bits: object, allowed: tuple[int, ...], where: str = "") -> None:
+        place = f" for {where}" if where else ""
+        super().__init__(
+            f"bit-width {bits!r}{place} is not a candidate; allowed widths: "
+            f"{', '.join(str(b) for b in allowed)}"
+        )
+        self.bits = bits
+        self.allowed = allowed
+
+
+class ConfigLengthError(ABNError, ValueError):
+    """A per-layer configuration had the wrong number of widths."""
+
+    def __init__(self, got: int, expected: int) -> None:
+        super().__init__(
+            f"configuration has {got} widths but the network has {expected} switchable layers; "
+            f"give one width for all layers or exactly {expected} comma-separated widths"
+        )
+        self.got = got
+        self.expected = expected
+
+
+class BudgetError(ABNError, ValueError):
+    """A BitOps budget that no configuration can meet, or that is not a number."""
+
+    def __init__(self, message: str, min_bitops: float, max_bitops: float) -> None:
+        super().__init__(
+            f"{message}; feasible budgets are {min_bitops:.6g} to {max_bitops:.6g} BitOps "
+            f"per image (any budget above the maximum runs the dearest configuration)"
+        )
+        self.min_bitops = min_bitops
+        self.max_bitops = max_bitops
+
+
+class ModelIntegrityError(ABNError):
+    """A model directory file is missing, truncated or altered."""
+
+
+class DatasetNotFoundError(ABNError, FileNotFoundError):
+    """A dataset directory or one of its files is absent."""

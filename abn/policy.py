@@ -1,0 +1,240 @@
+"""The per-image width policy: one MDP step before each switchable layer.
+
+State at layer ``i`` (per sample):
+  * features of the activation the layer is about to consume: global average pool of the
+    (spatially subsampled, for maps of 14x14 and more) activation, projected by a per-layer
+    linear map, whose bias also tells the network which layer is next;
+  * the budget state: the slack still free once the cheapest cost of layers ``i..L-1`` is
+    reserved, as a fraction of what those layers could use at most; BitOps spent so far and the
+    budget itself, both as fractions of the dearest configuration; the layer's position.
+Action: the layer's width. Reward (training): log-probability of the true class minus
+``bitops_charge * bitops / max_bitops``.
+
+The budget is a guarantee by construction: a width is masked unless, after paying for it, the
+remaining layers still fit at their cheapest width. By induction from the first layer, any
+budget at or above the cheapest configuration is always met; a budget below it is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from abn.bitops import CostTable
+from abn.errors import BudgetError
+from abn.supernet import Supernet
+
+POOL_SUBSAMPLE_FROM = 14  # maps this wide or wider are pooled over every other pixel
+
+
+def pooled_features(activation: torch.Tensor) -> torch.Tensor:
+    """Cheap summary of an activation map: channel means over a subsampled grid."""
+    if activation.shape[-1] >= POOL_SUBSAMPLE_FROM:
+        activation = activation[:, :, ::2, ::2]
+    return activation.mean(dim=(2, 3))
+
+
+class BudgetTracker:
+    """Per-sample budget bookkeeping along one forward pass, in float64 (exact for integers)."""
+
+    def __init__(self, table: CostTable, budgets: torch.Tensor) -> None:
+        self.table = table
+        self.budgets = budgets.double()
+        self.spent = torch.full_like(self.budgets, table.fixed_bitops)
+        self._min_rem = table.min_remaining()
+        self._max_rem = self._remaining(max(table.bit_candidates))
+        self._bits = torch.tensor(
+            table.bit_candidates, dtype=torch.float64, device=self.budgets.device
+        )
+
+    def _remaining(self, bits: int) -> list[float]:
+        tail = [0.0]
+        for m in reversed(self.table.layer_macs):
+            tail.append(tail[-1] + m * bits * bits)
+        return list(reversed(tail))
+
+    def feasible(self, index: int) -> torch.Tensor:
+        """``(N, K)`` bool: widths that leave the layers after ``index`` able to fit."""
+        cost = self.table.layer_macs[index] * self._bits**2  # (K,)
+        after = self.spent[:, None] + cost[None, :] + self._min_rem[index + 1]
+        return after <= self.budgets[:, None]
+
+    def state(self, index: int) -> torch.Tensor:
+        """``(N, 4)`` float: slack fraction, spent and budget as fractions of max, position."""
+        span = max(self._max_rem[index] - self._min_rem[index], 1.0)
+        slack = (self.budgets - self.spent - self._min_rem[index]) / span
+        top = self.table.max_bitops
+        position = torch.full_like(slack, index / max(1, len(self.table.layer_macs) - 1))
+        return torch.stack(
+            [
+                slack.clamp(0.0, 1.5),
+                self.spent / top,
+                (self.budgets / top).clamp(max=1.5),
+                position,
+            ],
+            dim=1,
+        ).float()
+
+    def pay(self, index: int, widths: torch.Tensor) -> None:
+        self.spent = self.spent + self.table.layer_macs[index] * widths.double() ** 2
+
+
+def check_budgets(table: CostTable, budgets: torch.Tensor) -> None:
+    """Refuse non-finite, non-positive and infeasible budgets, stating the feasible range."""
+    if not bool(torch.isfinite(budgets).all()) or bool((budgets <= 0).any()):
+        raise BudgetError(
+            "a budget must be a positive finite number", table.min_bitops, table.max_bitops
+        )
+    low = float(budgets.min())
+    if low < table.min_bitops:
+        raise BudgetError(
+            f"budget {low:.6g} BitOps is below the cheapest configuration",
+            table.min_bitops,
+            table.max_bitops,
+        )
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    feature_channels: tuple[int, ...]
+    bit_candidates: tuple[int, ...]
+    hidden: int = 32
+    state_features: int = 4
+
+    def to_dict(self) -> dict:
+        return {
+            "feature_channels": list(self.feature_channels),
+            "bit_candidates": list(self.bit_candidates),
+            "hidden": self.hidden,
+            "state_features": self.state_features,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PolicySpec:
+        return cls(
+            tuple(d["feature_channels"]),
+            tuple(d["bit_candidates"]),
+            int(d["hidden"]),
+            int(d.get("state_features", 4)),
+        )
+
+    @classmethod
+    def for_table(cls, table: CostTable, hidden: int = 32) -> PolicySpec:
+        return cls(tuple(s[0] for s in table.layer_input_shapes), table.bit_candidates, hidden)
+
+
+class WidthPolicy(nn.Module):
+    """A small MLP scoring each width of the next layer from the MDP state."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        self.spec = spec
+        h = spec.hidden
+        self.feature_proj = nn.ModuleList(nn.Linear(c, h) for c in spec.feature_channels)
+        self.state_proj = nn.Linear(spec.state_features, h, bias=False)
+        self.hidden = nn.Linear(h, h)
+        self.head = nn.Linear(h, len(spec.bit_candidates))
+        nn.init.zeros_(self.head.weight)
+        # Start by preferring wide widths: a fresh policy then behaves like "spend the budget".
+        with torch.no_grad():
+            self.head.bias.copy_(torch.linspace(-1.0, 1.0, len(spec.bit_candidates)))
+
+    def forward(self, index: int, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        z = F.relu(self.feature_proj[index](features) + self.state_proj(state))
+        return self.head(F.relu(self.hidden(z)))
+
+    def flops_per_image(self, table: CostTable) -> int:
+        """FLOPs of all decisions for one image: pooling, the MLP (2 per MAC), the mask."""
+        h, k, s = self.spec.hidden, len(self.spec.bit_candidates), self.spec.state_features
+        total = 0
+        for c, hh, ww in table.layer_input_shapes:
+            if ww >= POOL_SUBSAMPLE_FROM:
+                hh, ww = (hh + 1) // 2, (ww + 1) // 2
+            total += c * hh * ww  # pooling sums
+            total += 2 * (c * h + s * h + h * h + h * k) + 3 * h  # MLP + biases + ReLUs
+            total += 4 * k + 8  # budget state, mask and argmax
+        return total
+
+
+Chooser = Callable[[int, torch.Tensor, BudgetTracker, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    logits: torch.Tensor  # (N, classes)
+    widths: torch.Tensor  # (N, L) chosen widths
+    bitops: torch.Tensor  # (N,) float64 BitOps spent
+    log_prob: torch.Tensor | None = None  # (N,) sum over layers, when sampled
+    entropy: torch.Tensor | None = None
+
+
+def rollout(
+    net: Supernet,
+    table: CostTable,
+    x: torch.Tensor,
+    budgets: torch.Tensor,
+    policy: WidthPolicy | None = None,
+    *,
+    pinned: torch.Tensor | None = None,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Run ``x`` through ``net`` layer by layer, each sample at the widths chosen for it.
+
+    Widths come from ``pinned`` (an ``(N, L)`` tensor) where given, else from ``policy``
+    (greedy, or sampled for training), else from the fallback rule: the dearest uniform width
+    that fits the sample's budget. Policy choices are always masked by the budget.
+    """
+    budgets = budgets.to(device=x.device, dtype=torch.float64)
+    tracker = BudgetTracker(table, budgets)
+    bits = torch.tensor(table.bit_candidates, device=x.device)
+    fallback = None
+    if policy is None and pinned is None:
+        fallback = uniform_fallback(table, budgets).to(x.device)
+    run = net.start(x)
+    chosen, log_probs, entropies = [], [], []
+    last_act, last_feat = None, None
+    while not run.done:
+        i = run.layer_index
+        if pinned is not None:
+            widths = pinned[:, i].to(x.device)
+        elif fallback is not None:
+            widths = fallback
+        else:
+            act = run.activation
+            if act is not last_act:  # conv1 and shortcut read the same tensor: pool once
+                last_act, last_feat = act, pooled_features(act)
+            scores = policy(i, last_feat, tracker.state(i))
+            scores = scores.masked_fill(~tracker.feasible(i), float("-inf"))
+            if sample:
+                dist = torch.distributions.Categorical(logits=scores)
+                pick = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
+                log_probs.append(dist.log_prob(pick))
+                entropies.append(dist.entropy())
+            else:
+                pick = scores.argmax(dim=1)
+            widths = bits[pick]
+        tracker.pay(i, widths)
+        chosen.append(widths)
+        run.advance(widths)
+    return Rollout(
+        logits=run.logits,
+        widths=torch.stack(chosen, dim=1),
+        bitops=tracker.spent,
+        log_prob=torch.stack(log_probs, 1).sum(1) if log_probs else None,
+        entropy=torch.stack(entropies, 1).sum(1) if entropies else None,
+    )
+
+
+def uniform_fallback(table: CostTable, budgets: torch.Tensor) -> torch.Tensor:
+    """Per sample, the widest uniform width whose whole configuration fits the budget."""
+    n = len(table.layer_macs)
+    best = torch.full(budgets.shape, min(table.bit_candidates), dtype=torch.long)
+    for b in sorted(table.bit_candidates):
+        fits = budgets.cpu() >= table.cost([b] * n)
+        best = torch.where(fits, torch.tensor(b), best)
+    return best

@@ -1,0 +1,136 @@
+"""Fake quantizers with straight-through gradients: one learned step size per bit-width.
+
+Choice: LSQ (Esser et al., 2020) for weights, with one learned step per width per layer,
+rather than AdaBits' tanh-normalised uniform quantizer. Why:
+
+* at 2 bits the step is the whole story; a learned step finds the clipping point that
+  minimises the task loss, whereas tanh normalisation fixes it at max|tanh(w)|, which an
+  outlier weight drags up and so wastes levels for every other weight;
+* it is what ABN's first author uses for the same weight-shared, per-layer-width supernet
+  (1hunters/retraining-free-quantization), so the paper's results were produced with it;
+* the per-width step is exactly the "one clipping level per width" idea of AdaBits' S-CL,
+  applied to weights too, and it costs one scalar per width per layer.
+
+Activations use the same estimator on unsigned levels: the learned step times the top level is
+the Switchable Clipping Level (one per width per layer, as AdaBits' S-CL). Inputs to every
+switchable layer follow a ReLU, so activations are unsigned.
+
+Both quantizers are uniform: at width ``b`` a weight takes one of ``2**b`` signed levels
+``s * {-2**(b-1), ..., 2**(b-1) - 1}`` and an activation one of ``2**b`` unsigned levels
+``s * {0, ..., 2**b - 1}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FULL_PRECISION = 32  # a "width" that means no quantization at all: the FP32 reference model
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass (straight-through estimator)."""
+    return (x.round() - x).detach() + x
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Leave the value unchanged but multiply its gradient by ``scale`` (LSQ's step-size grad)."""
+    return (x - x * scale).detach() + x * scale
+
+
+def signed_levels(bits: int) -> tuple[int, int]:
+    """Lowest and highest integer level of a signed ``bits``-wide quantizer."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def unsigned_levels(bits: int) -> tuple[int, int]:
+    """Lowest and highest integer level of an unsigned ``bits``-wide quantizer."""
+    return 0, 2**bits - 1
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Quantize ``x`` to ``step * k`` for integers ``k`` in ``[low, high]``, LSQ gradients.
+
+    The step's gradient is scaled by ``1 / sqrt(numel * high)`` as in LSQ so that step sizes
+    learn at a rate comparable to the weights whatever the tensor size.
+    """
+    grad_scale = 1.0 / math.sqrt(x.numel() * max(high, 1))
+    s = scale_grad(step, grad_scale)
+    return round_ste(torch.clamp(x / s, low, high)) * s
+
+
+def initial_weight_step(weight: torch.Tensor, bits: int) -> float:
+    """LSQ's initial step, ``2 * mean|w| / sqrt(Qp)``, from the full-precision weight."""
+    _, high = signed_levels(min(bits, 16))
+    return max(2.0 * weight.detach().abs().mean().item() / math.sqrt(high), 1e-8)
+
+
+def initial_activation_clip(bits: int) -> float:
+    """A starting clipping level for post-BatchNorm ReLU activations (roughly unit scale).
+
+    Narrow widths clip lower: with four levels, resolving the bulk of a half-normal beats
+    covering its tail. Learning moves each level from here.
+    """
+    return {2: 1.5, 3: 2.2, 4: 2.8, 5: 3.4}.get(bits, 4.0)
+
+
+class SwitchableWeightQuantizer(nn.Module):
+    """Quantizes one shared full-precision weight at any width of its candidate set.
+
+    Holds one learned step per width, stored in a ``ParameterDict`` keyed by the width so the
+    state dict names say which width a step belongs to.
+    """
+
+    def __init__(self, weight: torch.Tensor, bit_candidates: tuple[int, ...]) -> None:
+        super().__init__()
+        self.bit_candidates = tuple(bit_candidates)
+        self.steps = nn.ParameterDict(
+            {
+                str(b): nn.Parameter(torch.tensor(initial_weight_step(weight, b)))
+                for b in self.bit_candidates
+            }
+        )
+
+    def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        if bits >= FULL_PRECISION:
+            return weight
+        low, high = signed_levels(bits)
+        return lsq_quantize(weight, self.steps[str(bits)].abs() + 1e-8, low, high)
+
+
+class SwitchableActivationQuantizer(nn.Module):
+    """Quantizes a non-negative activation with one learned clipping level per width (S-CL).
+
+    ``switchable=False`` keeps one clipping level for every width: the ablation that shows
+    what S-CL is worth.
+
+    The parameter stored is the clipping level ``alpha``; the step is ``alpha / (2**b - 1)``.
+    Values above ``alpha`` saturate, so ``alpha`` is exactly the top of the clip range.
+    """
+
+    def __init__(self, bit_candidates: tuple[int, ...], switchable: bool = True) -> None:
+        super().__init__()
+        self.bit_candidates = tuple(bit_candidates)
+        self.switchable = switchable
+        keys = [str(b) for b in self.bit_candidates] if switchable else ["shared"]
+        start = min(self.bit_candidates)
+        self.clip_levels = nn.ParameterDict(
+            {
+                k: nn.Parameter(
+                    torch.tensor(initial_activation_clip(int(k) if switchable else start))
+                )
+                for k in keys
+            }
+        )
+
+    def clip_level(self, bits: int) -> torch.Tensor:
+        key = str(bits) if self.switchable else "shared"
+        return self.clip_levels[key].abs() + 1e-8
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if bits >= FULL_PRECISION:
+            return x
+        low, high = unsigned_levels(bits)
+        return lsq_quantize(x, self.clip_level(bits) / high, low, high)

@@ -1,0 +1,193 @@
+"""A model directory: ``manifest.json`` plus safetensors weights, each verified by sha256.
+
+Layout (see CONTRACT.md)::
+
+    model_store/<name>/
+        manifest.json          name, version, architecture, bit candidates, classes, input,
+                               files (sha256 + bytes of each), training, accuracy tables
+        supernet.safetensors   the shared full-precision weights, steps, clip levels, all BNs
+        policy.safetensors     the per-image width policy (once stage 2 has run)
+
+Nothing is unpickled: tensors come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from abn.errors import ModelIntegrityError
+from abn.preprocess import InputSpec
+from abn.supernet import ResNetSpec, Supernet
+
+MANIFEST = "manifest.json"
+SUPERNET_FILE = "supernet.safetensors"
+POLICY_FILE = "policy.safetensors"
+FORMAT_VERSION = 1
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def state_to_safetensors(module: torch.nn.Module, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+@dataclass
+class ModelDirectory:
+    """A verified model directory: its manifest and the paths of its weight files."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def spec(self) -> ResNetSpec:
+        return ResNetSpec.from_dict(self.manifest["architecture"])
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.manifest["input"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def has_policy(self) -> bool:
+        return POLICY_FILE in self.manifest.get("files", {})
+
+    def load_supernet(self, device: str | torch.device = "cpu") -> Supernet:
+        net = Supernet(self.spec)
+        load_state_strict(net, self.path / SUPERNET_FILE)
+        return net.to(device).eval()
+
+    def load_tensors(self, filename: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / filename))
+
+
+def load_state_strict(module: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors state dict, refusing missing or unexpected keys with their names."""
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelIntegrityError(
+            f"{path.name} does not match the architecture in the manifest: missing "
+            f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
+def open_model_dir(path: str | Path) -> ModelDirectory:
+    """Read the manifest and verify the sha256 of every file it lists; raise naming the file."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelIntegrityError(f"{manifest_path} is missing: {path} is not a model directory")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelIntegrityError(f"{manifest_path} is not valid JSON: {err}") from err
+    files = manifest.get("files")
+    if not isinstance(files, dict) or SUPERNET_FILE not in files:
+        raise ModelIntegrityError(f"{manifest_path} lists no {SUPERNET_FILE} under 'files'")
+    for name, entry in files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise ModelIntegrityError(f"{file_path} is listed in the manifest but missing")
+        size = file_path.stat().st_size
+        if size != entry.get("bytes", size):
+            raise ModelIntegrityError(
+                f"{file_path} has {size} bytes but the manifest says {entry['bytes']}: "
+                f"the file is truncated or replaced"
+            )
+        actual = sha256_of(file_path)
+        if actual != entry.get("sha256"):
+            raise ModelIntegrityError(
+                f"{file_path} fails its sha256 check (manifest {entry.get('sha256')}, file "
+                f"{actual}): the file was altered or corrupted; refusing to load it"
+            )
+    return ModelDirectory(path, manifest)
+
+
+@dataclass
+class ModelCard:
+    """What the manifest says about a model besides its weights."""
+
+    name: str
+    version: str
+    classes: list[str]
+    input_spec: InputSpec
+    training: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=lambda: {"static": [], "adaptive": []})
+
+
+def save_model_dir(path: str | Path, net: Supernet, card: ModelCard) -> ModelDirectory:
+    """Write the supernet and a fresh manifest (keeping a policy already in the directory)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state_to_safetensors(net, path / SUPERNET_FILE)
+    old = {}
+    if (path / MANIFEST).is_file():
+        old = json.loads((path / MANIFEST).read_text())
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": card.name,
+        "version": card.version,
+        "architecture": net.spec.to_dict(),
+        "bit_candidates": list(net.bit_candidates),
+        "classes": list(card.classes),
+        "input": card.input_spec.to_dict(),
+        "files": {},
+        "training": card.training,
+        "accuracy": card.accuracy,
+    }
+    if "policy" in old and (path / POLICY_FILE).is_file():
+        manifest["policy"] = old["policy"]
+    return _rehash(path, manifest)
+
+
+def save_policy(path: str | Path, policy: torch.nn.Module, policy_info: dict) -> ModelDirectory:
+    """Add (or replace) the policy weights in a model directory and record them in the manifest."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    state_to_safetensors(policy, path / POLICY_FILE)
+    manifest["policy"] = policy_info
+    return _rehash(path, manifest)
+
+
+def update_manifest(path: str | Path, **fields: Any) -> ModelDirectory:
+    """Replace top-level manifest fields (e.g. ``accuracy``) and rehash."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(fields)
+    return _rehash(path, manifest)
+
+
+def _rehash(path: Path, manifest: dict) -> ModelDirectory:
+    names = [SUPERNET_FILE] + ([POLICY_FILE] if "policy" in manifest else [])
+    manifest["files"] = {
+        n: {"sha256": sha256_of(path / n), "bytes": (path / n).stat().st_size} for n in names
+    }
+    _write_json_atomic(path / MANIFEST, manifest)
+    return ModelDirectory(path, manifest)

@@ -1,0 +1,301 @@
+"""Quantizable ResNet supernets built from a spec, run at a fixed configuration or layer by layer.
+
+Every conv except the stem is a *switchable layer*: it can run at any width of the candidate
+set. A *configuration* gives one width per switchable layer (or one width for all of them).
+
+Layer-by-layer execution is the hook point of the policy and the batching engine::
+
+    run = net.start(x)
+    while not run.done:
+        widths = choose(run.layer_index, run.activation)   # int, or one width per sample
+        run.advance(widths)
+    logits = run.logits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from abn.errors import ConfigLengthError, UnknownBitWidthError
+from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, run_grouped
+
+DEFAULT_BIT_CANDIDATES = (2, 3, 4, 5, 6, 8)
+
+Widths = int | torch.Tensor
+Config = int | Sequence[int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    channels: int
+    blocks: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """Everything needed to rebuild a supernet; stored in the model manifest."""
+
+    name: str
+    in_channels: int
+    input_size: int
+    num_classes: int
+    stem_channels: int
+    stem_kernel: int
+    stem_stride: int
+    stem_pool: bool
+    stages: tuple[StageSpec, ...]
+    bit_candidates: tuple[int, ...] = DEFAULT_BIT_CANDIDATES
+    bit_specific_bn: bool = True
+    switchable_clipping: bool = True
+    fixed_bits: int = 8
+    family: str = field(default="resnet")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stages"] = [asdict(s) for s in self.stages]
+        d["bit_candidates"] = list(self.bit_candidates)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResNetSpec:
+        d = dict(d)
+        d["stages"] = tuple(StageSpec(**s) for s in d["stages"])
+        d["bit_candidates"] = tuple(d["bit_candidates"])
+        return cls(**d)
+
+    def replace(self, **changes: object) -> ResNetSpec:
+        d = self.to_dict()
+        d.update(changes)
+        return ResNetSpec.from_dict(d)
+
+
+ARCHITECTURES: dict[str, ResNetSpec] = {
+    # Fashion-MNIST (28x28 grayscale): three stages of one basic block, ~9 M MACs.
+    "resnet8_fmnist": ResNetSpec(
+        name="resnet8_fmnist",
+        in_channels=1,
+        input_size=28,
+        num_classes=10,
+        stem_channels=16,
+        stem_kernel=3,
+        stem_stride=1,
+        stem_pool=False,
+        stages=(StageSpec(16, 1, 1), StageSpec(32, 1, 2), StageSpec(64, 1, 2)),
+    ),
+    # CIFAR-style ResNet-20 (32x32 RGB), 1x1-conv shortcuts where the shape changes.
+    "resnet20_cifar": ResNetSpec(
+        name="resnet20_cifar",
+        in_channels=3,
+        input_size=32,
+        num_classes=10,
+        stem_channels=16,
+        stem_kernel=3,
+        stem_stride=1,
+        stem_pool=False,
+        stages=(StageSpec(16, 3, 1), StageSpec(32, 3, 2), StageSpec(64, 3, 2)),
+    ),
+    # ResNet-18 (224x224 RGB), ImageNet layout.
+    "resnet18_imagenet": ResNetSpec(
+        name="resnet18_imagenet",
+        in_channels=3,
+        input_size=224,
+        num_classes=1000,
+        stem_channels=64,
+        stem_kernel=7,
+        stem_stride=2,
+        stem_pool=True,
+        stages=(
+            StageSpec(64, 2, 1),
+            StageSpec(128, 2, 2),
+            StageSpec(256, 2, 2),
+            StageSpec(512, 2, 2),
+        ),
+    ),
+}
+
+
+def architecture(name: str, **overrides: object) -> ResNetSpec:
+    """The named architecture, with fields such as ``num_classes`` overridden."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[name]
+    return spec.replace(**overrides) if overrides else spec
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; its switchable layers run in the order conv1, conv2, shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, spec: ResNetSpec, prefix: str) -> None:
+        super().__init__()
+        opts = {
+            "bit_specific_bn": spec.bit_specific_bn,
+            "switchable_clipping": spec.switchable_clipping,
+        }
+        bits = spec.bit_candidates
+        self.conv1 = SwitchableConvBN(in_ch, out_ch, 3, stride, bits, f"{prefix}.conv1", **opts)
+        self.conv2 = SwitchableConvBN(out_ch, out_ch, 3, 1, bits, f"{prefix}.conv2", **opts)
+        self.shortcut = (
+            SwitchableConvBN(in_ch, out_ch, 1, stride, bits, f"{prefix}.shortcut", **opts)
+            if stride != 1 or in_ch != out_ch
+            else None
+        )
+
+    def switchable_layers(self) -> list[SwitchableConvBN]:
+        return [m for m in (self.conv1, self.conv2, self.shortcut) if m is not None]
+
+    def steps(self, x: torch.Tensor) -> Generator[torch.Tensor, Widths, torch.Tensor]:
+        widths = yield x
+        out = F.relu(run_grouped(self.conv1, x, widths))
+        widths = yield out
+        out = run_grouped(self.conv2, out, widths)
+        if self.shortcut is None:
+            return F.relu(out + x)
+        widths = yield x
+        return F.relu(out + run_grouped(self.shortcut, x, widths))
+
+
+class LayerwiseRun:
+    """One forward pass paused before each switchable layer, so a caller picks its width.
+
+    ``activation`` is the tensor the next switchable layer will consume (before quantization),
+    ``layer_index`` its position in :attr:`Supernet.switchable_layers`.
+    """
+
+    def __init__(self, steps: Generator[torch.Tensor, Widths, torch.Tensor], check) -> None:
+        self._steps = steps
+        self._check = check
+        self.layer_index = 0
+        self.logits: torch.Tensor | None = None
+        self.activation: torch.Tensor | None = next(steps)
+
+    @property
+    def done(self) -> bool:
+        return self.logits is not None
+
+    def advance(self, widths: Widths) -> None:
+        if self.done:
+            raise RuntimeError("the forward pass has already finished")
+        widths = self._check(self.layer_index, widths)
+        try:
+            self.activation = self._steps.send(widths)
+            self.layer_index += 1
+        except StopIteration as finished:
+            self.activation = None
+            self.logits = finished.value
+
+
+class Supernet(nn.Module):
+    """A ResNet whose switchable layers share one set of full-precision weights across widths."""
+
+    def __init__(self, spec: ResNetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.bit_candidates = tuple(sorted(spec.bit_candidates))
+        self.stem = FixedConvBN(
+            spec.in_channels,
+            spec.stem_channels,
+            spec.stem_kernel,
+            spec.stem_stride,
+            spec.fixed_bits,
+        )
+        blocks = []
+        in_ch = spec.stem_channels
+        for s_i, stage in enumerate(spec.stages):
+            for b_i in range(stage.blocks):
+                stride = stage.stride if b_i == 0 else 1
+                blocks.append(
+                    BasicBlock(
+                        in_ch, stage.channels, stride, spec, f"stage{s_i + 1}.block{b_i + 1}"
+                    )
+                )
+                in_ch = stage.channels
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = FixedLinear(in_ch, spec.num_classes, spec.fixed_bits)
+        self.switchable_layers: list[SwitchableConvBN] = [
+            layer for block in self.blocks for layer in block.switchable_layers()
+        ]
+
+    @property
+    def num_switchable(self) -> int:
+        return len(self.switchable_layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.switchable_layers]
+
+    # -- configurations -------------------------------------------------------------------
+    def check_widths(self, index: int, widths: Widths) -> Widths:
+        """Validate one layer's widths: an int, or a 1-D integer tensor of candidates."""
+        allowed = self.bit_candidates
+        where = self.switchable_layers[index].name
+        if isinstance(widths, torch.Tensor):
+            if widths.dim() == 0:
+                widths = int(widths.item())
+            else:
+                bad = ~torch.isin(widths.cpu(), torch.tensor(allowed))
+                if bool(bad.any()):
+                    raise UnknownBitWidthError(int(widths.cpu()[bad][0]), allowed, where)
+                return widths.long()
+        if isinstance(widths, bool) or not isinstance(widths, int) or widths not in allowed:
+            raise UnknownBitWidthError(widths, allowed, where)
+        return widths
+
+    def expand_config(self, config: Config) -> list[Widths]:
+        """One entry per switchable layer, from a single width, a list, or an ``(N, L)`` tensor."""
+        n = self.num_switchable
+        if isinstance(config, torch.Tensor) and config.dim() == 2:
+            if config.shape[1] != n:
+                raise ConfigLengthError(config.shape[1], n)
+            return [self.check_widths(i, config[:, i]) for i in range(n)]
+        if isinstance(config, int) and not isinstance(config, bool):
+            return [self.check_widths(i, config) for i in range(n)]
+        config = [int(b) if isinstance(b, torch.Tensor) else b for b in config]
+        if len(config) == 1:
+            config = config * n
+        if len(config) != n:
+            raise ConfigLengthError(len(config), n)
+        return [self.check_widths(i, b) for i, b in enumerate(config)]
+
+    def uniform(self, bits: int) -> list[int]:
+        return [bits] * self.num_switchable
+
+    # -- execution ------------------------------------------------------------------------
+    def _steps(self, x: torch.Tensor) -> Generator[torch.Tensor, Widths, torch.Tensor]:
+        h = self.stem(x)
+        if self.spec.stem_pool:
+            h = F.max_pool2d(h, kernel_size=3, stride=2, padding=1)
+        for block in self.blocks:
+            h = yield from block.steps(h)
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.classifier(h)
+
+    def start(self, x: torch.Tensor) -> LayerwiseRun:
+        """Begin a forward pass that pauses before every switchable layer."""
+        return LayerwiseRun(self._steps(x), self.check_widths)
+
+    def forward(self, x: torch.Tensor, config: Config) -> torch.Tensor:
+        """Logits of ``x`` at ``config`` (one width, one per layer, or one per sample and layer)."""
+        widths = self.expand_config(config)
+        run = self.start(x)
+        for w in widths:
+            run.advance(w)
+        assert run.logits is not None
+        return run.logits
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> Supernet:
+        """Eval mode with every width's quantized, BN-folded weights cached (see layers)."""
+        self.eval()
+        for layer in self.switchable_layers:
+            layer.fold_for_inference()
+        return self
+
+
+def build_supernet(spec: ResNetSpec | str) -> Supernet:
+    return Supernet(architecture(spec) if isinstance(spec, str) else spec)

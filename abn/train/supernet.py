@@ -1,0 +1,338 @@
+"""Stage 1: train every width of the supernet jointly, from one set of weights.
+
+Each step (the "sandwich" of AdaBits/Quantizable DNNs/ABN):
+
+* the all-max-width configuration, with cross-entropy;
+* the all-min-width configuration and ``num_random`` random per-layer configurations, each with
+  ``ce_weight * CE + kl_weight * KL(max-width output || this output)``: the consistency loss
+  (in-place distillation towards the max-width output, which is detached as the teacher).
+
+All configurations of a step run in one forward call of one module, so DistributedDataParallel
+sees one forward and one backward per step. Data order, augmentation and the random
+configurations are drawn from generators seeded by (seed, epoch, step) alone, which makes a run
+deterministic and a resumed run bit-for-bit equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from abn.data import (
+    FASHION_MNIST_INPUT,
+    ImageSet,
+    iterate_batches,
+    load_fashion_mnist,
+    load_image_folder,
+    random_crop_flip,
+)
+from abn.evaluate import static_accuracy
+from abn.preprocess import InputSpec, normalize
+from abn.quant import FULL_PRECISION
+from abn.store import ModelCard, save_model_dir
+from abn.supernet import ResNetSpec, Supernet, architecture
+from abn.train.common import (
+    DistContext,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    setup_distributed,
+    teardown_distributed,
+)
+
+
+@dataclass
+class SupernetTrainConfig:
+    out: str = "model_store/fmnist-abn"
+    name: str = "fmnist-abn"
+    version: str = "1.0.0"
+    arch: str = "resnet8_fmnist"
+    bit_candidates: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    data_dir: str | None = None  # Fashion-MNIST IDX directory (default: Debian's)
+    image_folder: str | None = None  # root/<class>/*.png instead of Fashion-MNIST
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    num_random: int = 1
+    ce_weight: float = 0.5
+    kl_weight: float = 0.5
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None  # for smoke tests
+    fp32: bool = False  # the full-precision reference of the same architecture
+    shared_bn: bool = False  # ablation: one BN for all widths
+    shared_clipping: bool = False  # ablation: one activation clip level for all widths
+    recalibrate_bn: bool = False
+    resume: bool = False
+    checkpoints: str | None = None  # default: runs/<name>
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoints or f"runs/{self.name}")
+
+
+def load_training_data(cfg: SupernetTrainConfig) -> tuple[ImageSet, ImageSet, InputSpec]:
+    if cfg.image_folder:
+        spec = architecture(cfg.arch)
+        input_spec = InputSpec(
+            spec.in_channels,
+            spec.input_size,
+            spec.input_size,
+            (0.5,) * spec.in_channels,
+            (0.25,) * spec.in_channels,
+        )
+        full = load_image_folder(cfg.image_folder, input_spec)
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(20201))
+        n_val = max(1, len(full) // 10)
+        return full.subset(order[n_val:]), full.subset(order[:n_val]), input_spec
+    train = load_fashion_mnist("train", cfg.data_dir)
+    val = load_fashion_mnist("val", cfg.data_dir)
+    return train, val, FASHION_MNIST_INPUT
+
+
+def model_spec(cfg: SupernetTrainConfig, num_classes: int) -> ResNetSpec:
+    spec = architecture(cfg.arch, num_classes=num_classes, bit_candidates=list(cfg.bit_candidates))
+    if cfg.fp32:
+        return spec.replace(bit_candidates=[FULL_PRECISION], fixed_bits=FULL_PRECISION)
+    return spec.replace(
+        bit_specific_bn=not cfg.shared_bn, switchable_clipping=not cfg.shared_clipping
+    )
+
+
+class JointForward(nn.Module):
+    """Runs one batch at several configurations in a single forward call (one DDP step)."""
+
+    def __init__(self, net: Supernet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, configs: list[list[int]]) -> list[torch.Tensor]:
+        return [self.net(x, c) for c in configs]
+
+
+def step_configs(net: Supernet, cfg: SupernetTrainConfig, step: int) -> list[list[int]]:
+    """Max, min, then ``num_random`` random per-layer configurations, seeded by the step."""
+    bits = net.bit_candidates
+    if len(bits) == 1:
+        return [net.uniform(bits[0])]
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    configs = [net.uniform(max(bits)), net.uniform(min(bits))]
+    for _ in range(cfg.num_random):
+        idx = torch.randint(0, len(bits), (net.num_switchable,), generator=gen)
+        configs.append([bits[i] for i in idx.tolist()])
+    return configs
+
+
+def joint_loss(
+    logits: list[torch.Tensor], labels: torch.Tensor, cfg: SupernetTrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    teacher = logits[0]
+    loss = F.cross_entropy(teacher, labels)
+    parts = {"ce_max": loss.item()}
+    soft_teacher = F.softmax(teacher.detach(), dim=1)
+    for i, student in enumerate(logits[1:]):
+        ce = F.cross_entropy(student, labels)
+        kl = F.kl_div(F.log_softmax(student, dim=1), soft_teacher, reduction="batchmean")
+        loss = loss + cfg.ce_weight * ce + cfg.kl_weight * kl
+        parts["ce_min" if i == 0 else f"ce_rand{i}"] = ce.item()
+    return loss, parts
+
+
+def make_optimizer(net: Supernet, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only; steps, clip levels, BN and biases are exempt."""
+    decay = [p for n, p in net.named_parameters() if n.endswith(".weight") and p.dim() > 1]
+    ids = {id(p) for p in decay}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    net: Supernet, data: ImageSet, input_spec: InputSpec, batches: int = 50, batch_size: int = 256
+) -> None:
+    """Re-estimate every width's BN statistics with the whole network at that width."""
+    device = next(net.parameters()).device
+    for bits in net.bit_candidates:
+        norms = [layer.bn.norm_for(bits) for layer in net.switchable_layers]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batches
+        net.train()
+        for i, (images, _) in enumerate(iterate_batches(data, batch_size, shuffle=True, seed=7)):
+            if i >= batches:
+                break
+            net(normalize(images.to(device), input_spec), bits)
+        for bn in norms:
+            bn.momentum = 0.1
+    net.eval()
+
+
+def train_supernet(cfg: SupernetTrainConfig) -> Path:
+    ctx = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        teardown_distributed()
+
+
+def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
+    torch.manual_seed(cfg.seed)
+    train, val, input_spec = load_training_data(cfg)
+    net = Supernet(model_spec(cfg, len(train.classes))).to(ctx.device)
+    optimizer = make_optimizer(net, cfg)
+    per_rank = len(train) // ctx.world_size
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    start_epoch, history = 0, []
+    if cfg.resume and has_checkpoint(cfg.checkpoint_dir):
+        meta = load_checkpoint(cfg.checkpoint_dir, net, optimizer, ctx.device)
+        start_epoch, history = meta["epoch"], meta["history"]
+        if ctx.is_main:
+            print(f"resumed from {cfg.checkpoint_dir} after epoch {start_epoch}", flush=True)
+    model: nn.Module = JointForward(net)
+    if ctx.distributed:
+        model = DistributedDataParallel(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True,  # widths a step did not use get no gradient
+        )
+
+    started = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        aug = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + ctx.rank)
+        batches = iterate_batches(
+            train,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not ctx.is_main,
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
+        seen, t0, loss_sum = 0, time.time(), 0.0
+        for i, (images, labels) in enumerate(batches):
+            if i >= steps_per_epoch:
+                break
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
+            if cfg.augment:
+                images = random_crop_flip(images, aug)
+            x = normalize(images.to(ctx.device), input_spec)
+            y = labels.to(ctx.device)
+            logits = model(x, step_configs(net, cfg, step))
+            loss, parts = joint_loss(logits, y, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += images.shape[0] * ctx.world_size
+            loss_sum += loss.item()
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                ce_min=f"{parts.get('ce_min', 0):.3f}",
+                img_s=f"{seen / (time.time() - t0):.0f}",
+            )
+            bar.update(1)
+        bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(1, steps_per_epoch),
+            "seconds": time.time() - t0,
+        }
+        if ctx.is_main:
+            for bits in (max(net.bit_candidates), min(net.bit_candidates)):
+                record[f"val_acc_{bits}bit"] = static_accuracy(
+                    net, val, input_spec, net.uniform(bits)
+                )
+            print(json.dumps(record), flush=True)
+            history.append(record)
+            save_checkpoint(
+                cfg.checkpoint_dir,
+                net,
+                optimizer,
+                {"epoch": epoch + 1, "history": history, "config": asdict(cfg)},
+            )
+        if ctx.distributed:
+            torch.distributed.barrier()
+
+    out = Path(cfg.out)
+    if ctx.is_main:
+        training = {
+            "stage1": {
+                "config": asdict(cfg),
+                "history": history,
+                "wall_seconds_this_run": time.time() - started,
+                "world_size": ctx.world_size,
+                "device": str(ctx.device),
+            }
+        }
+        if cfg.recalibrate_bn and len(net.bit_candidates) > 1:
+            before = {
+                b: static_accuracy(net, val, input_spec, net.uniform(b)) for b in net.bit_candidates
+            }
+            trained_state = {k: v.clone() for k, v in net.state_dict().items()}
+            recalibrate_bn(net, train, input_spec)
+            after = {
+                b: static_accuracy(net, val, input_spec, net.uniform(b)) for b in net.bit_candidates
+            }
+            kept = sum(after.values()) > sum(before.values())
+            if not kept:  # recalibration is kept only when it helps on the validation split
+                net.load_state_dict(trained_state)
+            training["stage1"]["bn_recalibration_val"] = {
+                "before": before,
+                "after": after,
+                "kept": kept,
+            }
+            print(json.dumps({"bn_recalibration_val": training["stage1"]["bn_recalibration_val"]}))
+        card = ModelCard(
+            name=cfg.name,
+            version=cfg.version,
+            classes=list(train.classes),
+            input_spec=input_spec,
+            training=training,
+        )
+        save_model_dir(out, net.cpu().eval(), card)
+        print(f"saved model directory {out}", flush=True)
+    return out

@@ -1,0 +1,1 @@
+"""The HTTP service around an ``abn`` model directory."""
