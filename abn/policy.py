@@ -185,23 +185,26 @@ def rollout(
 ) -> Rollout:
     """Run ``x`` through ``net`` layer by layer, each sample at the widths chosen for it.
 
-    Widths come from ``pinned`` (an ``(N, L)`` tensor) where given, else from ``policy``
-    (greedy, or sampled for training), else from the fallback rule: the dearest uniform width
-    that fits the sample's budget. Policy choices are always masked by the budget.
+    A sample's widths come from its row of ``pinned`` (an ``(N, L)`` tensor; a row of zeros
+    means "not pinned"), else from ``policy`` (greedy, or sampled for training), else from the
+    fallback rule: the dearest uniform width that fits the sample's budget. Policy choices are
+    always masked by the budget; pinned rows are taken as given (the caller checks them).
     """
     budgets = budgets.to(device=x.device, dtype=torch.float64)
     tracker = BudgetTracker(table, budgets)
     bits = torch.tensor(table.bit_candidates, device=x.device)
-    fallback = None
-    if policy is None and pinned is None:
-        fallback = uniform_fallback(table, budgets).to(x.device)
+    free = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    if pinned is not None:
+        pinned = pinned.to(x.device).long()
+        free = (pinned == 0).all(dim=1)  # rows of zeros are not pinned: the policy decides
+    fallback = uniform_fallback(table, budgets).to(x.device) if policy is None else None
     run = net.start(x)
     chosen, log_probs, entropies = [], [], []
     last_act, last_feat = None, None
     while not run.done:
         i = run.layer_index
-        if pinned is not None:
-            widths = pinned[:, i].to(x.device)
+        if not bool(free.any()):
+            widths = pinned[:, i]
         elif fallback is not None:
             widths = fallback
         else:
@@ -218,6 +221,8 @@ def rollout(
             else:
                 pick = scores.argmax(dim=1)
             widths = bits[pick]
+        if pinned is not None and not bool(free.all()):
+            widths = torch.where(free, widths, pinned[:, i])
         tracker.pay(i, widths)
         chosen.append(widths)
         run.advance(widths)

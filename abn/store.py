@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from abn.errors import ModelIntegrityError
+from abn.policy import PolicySpec, WidthPolicy
 from abn.preprocess import InputSpec
 from abn.supernet import ResNetSpec, Supernet
 
@@ -82,6 +83,14 @@ class ModelDirectory:
         net = Supernet(self.spec)
         load_state_strict(net, self.path / SUPERNET_FILE)
         return net.to(device).eval()
+
+    def load_policy(self, device: str | torch.device = "cpu") -> WidthPolicy | None:
+        """The trained width policy, or None when stage 2 has not run for this model."""
+        if not self.has_policy:
+            return None
+        policy = WidthPolicy(PolicySpec.from_dict(self.manifest["policy"]["spec"]))
+        load_state_strict(policy, self.path / POLICY_FILE)
+        return policy.to(device).eval()
 
     def load_tensors(self, filename: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.path / filename))
