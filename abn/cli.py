@@ -35,6 +35,7 @@ def _config_from(cls: type, args: argparse.Namespace) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from abn.train.policy import PolicyTrainConfig
     from abn.train.supernet import SupernetTrainConfig
 
     parser = argparse.ArgumentParser(prog="abn", description=__doc__)
@@ -56,21 +57,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(
         train.add_parser("supernet", help="stage 1: the supernet"), SupernetTrainConfig
     )
-    policy = train.add_parser("policy", help="stage 2: the per-image width policy")
-    policy.add_argument("--model", type=Path, required=True)
+    _add_dataclass_options(
+        train.add_parser("policy", help="stage 2: the per-image policy"), PolicyTrainConfig
+    )
 
     evaluate = sub.add_parser("evaluate", help="accuracy/BitOps tables and plots")
     evaluate.add_argument("--model", type=Path, required=True)
-    evaluate.add_argument("--out", type=Path, default=None)
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where report.json, report.md and pareto.png go (default: MODEL/evaluation)",
+    )
+    evaluate.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory")
+    evaluate.add_argument("--random-configs", type=int, default=100)
+    evaluate.add_argument("--budgets", type=int, default=10)
+    evaluate.add_argument(
+        "--search",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search the best static mixed configurations on validation",
+    )
+    evaluate.add_argument(
+        "--update-manifest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the accuracy tables into the manifest",
+    )
+    evaluate.add_argument("--device", default="cpu")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        # The one place abn/ reaches into service/: the console script's entry point. The
+        # library itself never imports the service.
+        from service.server import run_from_cli
+
+        return run_from_cli(model=args.model, host=args.host, port=args.port)
     if args.command == "train" and args.stage == "supernet":
         from abn.train.supernet import SupernetTrainConfig, train_supernet
 
         train_supernet(_config_from(SupernetTrainConfig, args))
+        return 0
+    if args.command == "train" and args.stage == "policy":
+        from abn.train.policy import PolicyTrainConfig, train_policy
+
+        train_policy(_config_from(PolicyTrainConfig, args))
+        return 0
+    if args.command == "evaluate":
+        from abn.evaluate import EvaluateOptions, evaluate_model
+
+        evaluate_model(EvaluateOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
         return 0
     print(f"abn {args.command}: not implemented yet in this version", file=sys.stderr)
     return 2

@@ -56,6 +56,9 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, low: int, high: int) -> to
     The step's gradient is scaled by ``1 / sqrt(numel * high)`` as in LSQ so that step sizes
     learn at a rate comparable to the weights whatever the tensor size.
     """
+    if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad):
+        # Inference: same values, without the straight-through bookkeeping (half the ops).
+        return torch.clamp(x / step, low, high).round_().mul_(step)
     grad_scale = 1.0 / math.sqrt(x.numel() * max(high, 1))
     s = scale_grad(step, grad_scale)
     return round_ste(torch.clamp(x / s, low, high)) * s
