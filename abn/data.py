@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +52,19 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut-off or damaged .gz stream
+        raise ValueError(f"{path}: the gzip stream is truncated or corrupt ({err})") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
     if dtype_code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: the IDX header is truncated ({len(data)} bytes)")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
     expected = int(np.prod(shape)) * dtype.itemsize

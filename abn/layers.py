@@ -7,6 +7,7 @@ that run the same module at different widths (see :func:`run_grouped`).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
@@ -76,12 +77,17 @@ class SwitchableConvBN(nn.Module):
         self._folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def check_bits(self, bits: int) -> int:
-        if bits not in self.bit_candidates:
+        """``bits`` as an int, or :class:`UnknownBitWidthError` (a float such as 4.0 included)."""
+        try:
+            value = operator.index(bits)  # ints, numpy and 0-d integer tensors; never floats
+        except TypeError:
+            raise UnknownBitWidthError(bits, self.bit_candidates, self.name) from None
+        if isinstance(bits, bool) or value not in self.bit_candidates:
             raise UnknownBitWidthError(bits, self.bit_candidates, self.name)
-        return bits
+        return value
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        self.check_bits(bits)
+        bits = self.check_bits(bits)
         xq = self.act_quantizer(x, bits)
         if self._folded is not None and not self.training:
             weight, bias = self._folded[bits]
@@ -170,6 +176,11 @@ def run_grouped(
     """
     if isinstance(widths, int):
         return layer(x, widths)
+    if widths.dim() != 1 or widths.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"per-sample widths must have one entry per sample: got shape "
+            f"{tuple(widths.shape)} for a batch of {x.shape[0]}"
+        )
     widths = widths.to(device=x.device)
     values = torch.unique(widths).tolist()
     if len(values) == 1:

@@ -212,12 +212,16 @@ def rollout(
             if act is not last_act:  # conv1 and shortcut read the same tensor: pool once
                 last_act, last_feat = act, pooled_features(act)
             scores = policy(i, last_feat, tracker.state(i))
-            scores = scores.masked_fill(~tracker.feasible(i), float("-inf"))
+            # a pinned row's pick is discarded; leaving it unmasked keeps a row that is pinned
+            # over its budget (all widths infeasible) from turning the distribution into NaN
+            allowed = tracker.feasible(i) | ~free[:, None]
+            scores = scores.masked_fill(~allowed, float("-inf"))
             if sample:
                 dist = torch.distributions.Categorical(logits=scores)
                 pick = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
-                log_probs.append(dist.log_prob(pick))
-                entropies.append(dist.entropy())
+                zero = torch.zeros((), device=x.device)
+                log_probs.append(torch.where(free, dist.log_prob(pick), zero))
+                entropies.append(torch.where(free, dist.entropy(), zero))
             else:
                 pick = scores.argmax(dim=1)
             widths = bits[pick]

@@ -97,14 +97,23 @@ class ModelDirectory:
 
 
 def load_state_strict(module: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors state dict, refusing missing or unexpected keys with their names."""
+    """Load a safetensors state dict, refusing missing, unexpected or misshapen tensors with
+    their names."""
     state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or misshapen:
         raise ModelIntegrityError(
             f"{path.name} does not match the architecture in the manifest: missing "
-            f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {misshapen[:5]}"
         )
+    module.load_state_dict(state)
 
 
 def open_model_dir(path: str | Path) -> ModelDirectory:

@@ -14,6 +14,7 @@ Layer-by-layer execution is the hook point of the policy and the batching engine
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -240,11 +241,17 @@ class Supernet(nn.Module):
             else:
                 bad = ~torch.isin(widths.cpu(), torch.tensor(allowed))
                 if bool(bad.any()):
-                    raise UnknownBitWidthError(int(widths.cpu()[bad][0]), allowed, where)
+                    raise UnknownBitWidthError(widths.cpu()[bad][0].item(), allowed, where)
                 return widths.long()
-        if isinstance(widths, bool) or not isinstance(widths, int) or widths not in allowed:
+        if isinstance(widths, bool):
             raise UnknownBitWidthError(widths, allowed, where)
-        return widths
+        try:
+            value = operator.index(widths)  # int or numpy integer; floats are refused
+        except TypeError:
+            raise UnknownBitWidthError(widths, allowed, where) from None
+        if value not in allowed:
+            raise UnknownBitWidthError(widths, allowed, where)
+        return value
 
     def expand_config(self, config: Config) -> list[Widths]:
         """One entry per switchable layer, from a single width, a list, or an ``(N, L)`` tensor."""

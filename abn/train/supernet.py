@@ -15,6 +15,7 @@ deterministic and a resumed run bit-for-bit equal to an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -79,6 +80,9 @@ class SupernetTrainConfig:
     recalibrate_bn: bool = False
     resume: bool = False
     checkpoints: str | None = None  # default: runs/<name>
+    # After training, every rank writes rank{r}.params.sha256 (see param_digest) to the
+    # checkpoint directory, so a test or an operator can check that DDP replicas agree.
+    param_digest: bool = False
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -197,6 +201,20 @@ def recalibrate_bn(
     net.eval()
 
 
+def param_digest(module: nn.Module) -> str:
+    """sha256 over every parameter's name, shape, dtype and bytes, in registration order.
+
+    Buffers are left out on purpose: under DDP each rank's BatchNorm running statistics see
+    that rank's last batch, whereas the parameters of all replicas must be identical.
+    """
+    digest = hashlib.sha256()
+    for name, p in module.named_parameters():
+        t = p.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_supernet(cfg: SupernetTrainConfig) -> Path:
     ctx = setup_distributed(cfg.device)
     try:
@@ -296,6 +314,11 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
             )
         if ctx.distributed:
             torch.distributed.barrier()
+
+    if cfg.param_digest:
+        cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = cfg.checkpoint_dir / f"rank{ctx.rank}.params.sha256"
+        path.write_text(param_digest(net) + "\n")
 
     out = Path(cfg.out)
     if ctx.is_main:
