@@ -50,18 +50,26 @@ def unsigned_levels(bits: int) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def lsq_quantize(x: torch.Tensor, step: torch.Tensor, low: int, high: int) -> torch.Tensor:
+def lsq_quantize(
+    x: torch.Tensor, step: torch.Tensor, low: int, high: int, step_grad_scale: float | None = None
+) -> torch.Tensor:
     """Quantize ``x`` to ``step * k`` for integers ``k`` in ``[low, high]``, LSQ gradients.
 
     The step's gradient is scaled by ``1 / sqrt(numel * high)`` as in LSQ so that step sizes
-    learn at a rate comparable to the weights whatever the tensor size.
+    learn at a rate comparable to the weights whatever the tensor size; a caller whose learned
+    parameter is not the step itself passes the scale that makes it learn like one.
     """
     if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad):
         # Inference: same values, without the straight-through bookkeeping (half the ops).
         return torch.clamp(x / step, low, high).round_().mul_(step)
-    grad_scale = 1.0 / math.sqrt(x.numel() * max(high, 1))
-    s = scale_grad(step, grad_scale)
+    if step_grad_scale is None:
+        step_grad_scale = 1.0 / math.sqrt(x.numel() * max(high, 1))
+    s = scale_grad(step, step_grad_scale)
     return round_ste(torch.clamp(x / s, low, high)) * s
+
+
+def lsq_grad_scale(x: torch.Tensor, high: int) -> float:
+    return 1.0 / math.sqrt(x.numel() * max(high, 1))
 
 
 def initial_weight_step(weight: torch.Tensor, bits: int) -> float:
@@ -136,4 +144,10 @@ class SwitchableActivationQuantizer(nn.Module):
         if bits >= FULL_PRECISION:
             return x
         low, high = unsigned_levels(bits)
-        return lsq_quantize(x, self.clip_level(bits) / high, low, high)
+        alpha = self.clip_level(bits)
+        if torch.is_grad_enabled() and alpha.requires_grad:
+            # alpha = high * step, so d/d(alpha) is d/d(step) / high; scaling alpha's gradient
+            # by high^2 times LSQ's factor makes alpha move exactly as LSQ would move the step
+            # (times high). Without it the 8-bit clip level would learn ~65000x too slowly.
+            alpha = scale_grad(alpha, lsq_grad_scale(x, high) * high * high)
+        return lsq_quantize(x, alpha / high, low, high, step_grad_scale=1.0)

@@ -105,15 +105,6 @@ def test_shared_clipping_ablation_uses_one_level_for_every_width() -> None:
         assert float(quantizer.clip_level(2)) == float(quantizer.clip_level(8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: the clip level alpha reaches the loss through the step alpha/(2^b-1), and "
-        "that step's gradient is also scaled by 1/sqrt(numel*(2^b-1)) with numel counting the "
-        "batch, so alpha learns (2^b-1)^2 times slower than LSQ's step would: 8-bit levels "
-        "move ~1e-5 relative in 20 steps where LSQ moves them ~40%"
-    ),
-)
 @pytest.mark.parametrize("bits", (2, 4, 8))
 def test_clip_levels_learn_at_a_useful_rate(bits: int) -> None:
     torch.manual_seed(0)
