@@ -6,9 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 APT_PACKAGES := dataset-fashion-mnist
-TEST_APT_PACKAGES := prometheus
+# prometheus (prometheus, promtool) and docker-compose (1.29): tests/deploy validates the
+# deployment files with them and runs a real Prometheus against a real server.
+TEST_APT_PACKAGES := prometheus docker-compose
 
-.PHONY: serve test lint format venv system-deps bench clean
+.PHONY: serve test lint format venv system-deps test-deps dashboards bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +22,17 @@ venv: $(BIN)/.installed
 system-deps:
 	scripts/apt-install.sh $(APT_PACKAGES)
 
+test-deps:
+	scripts/apt-install.sh $(TEST_APT_PACKAGES)
+
+# Regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their script.
+dashboards: venv
+	$(BIN)/python deploy/grafana/generate_dashboards.py
+
 serve: venv system-deps
 	$(BIN)/abn serve
 
-test: venv system-deps
+test: venv system-deps test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
