@@ -1,0 +1,71 @@
+"""The FastAPI application: :func:`create_app` wires settings, state, routes and handlers.
+
+``lifespan`` starts loading the model in the background (the server listens meanwhile and
+answers ``/readyz`` 503) and, at shutdown, drains the batching engine so every accepted
+request is answered before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from service.decode import configure_pillow
+from service.errors import install_error_handlers
+from service.middleware import RequestContextMiddleware
+from service.model import ServedModel
+from service.routes import router
+from service.settings import Settings
+from service.state import Loader, ServiceState, load_from_settings
+
+API_VERSION = "1.0.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: ServedModel | None = None,
+    loader: Loader | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """A new app. ``model``: serve this already-loaded model (tests share one); ``loader``:
+    how to load one (default: the settings' directory and device); ``on_fatal``: called with
+    the reason when loading fails (``abn serve`` then exits non-zero)."""
+    settings = settings or Settings()
+    if model is not None:
+        preloaded = model
+
+        def loader(_: Settings) -> ServedModel:
+            return preloaded
+
+    state = ServiceState(settings, loader or load_from_settings, on_fatal)
+    configure_pillow(settings.max_image_pixels)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(state.load(), name="abn-load")
+        try:
+            yield
+        finally:
+            state.begin_draining()
+            if not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await state.shutdown()
+
+    app = FastAPI(
+        title="abn-serve",
+        version=API_VERSION,
+        summary="Budget-aware adaptive-precision image classification",
+        description="Classify an image under a per-request BitOps budget; see docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=lambda: state.metrics)
+    return app

@@ -1,0 +1,32 @@
+"""Bearer-token check for the routes that use the model on a client's behalf.
+
+Only ``/classify`` and ``/feedback`` are guarded: health, readiness and metrics stay open so
+orchestrators and Prometheus need no secret. The comparison is constant-time
+(:func:`hmac.compare_digest`) so response timing does not leak the key.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.state import ServiceState, get_state
+
+
+async def require_api_key(request: Request, state: ServiceState = Depends(get_state)) -> None:
+    """FastAPI dependency: 401 unless ``Authorization: Bearer <ABN_API_KEY>`` (when set)."""
+    key = state.settings.api_key
+    if key is None:
+        return
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("this server needs 'Authorization: Bearer <key>'")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+    # Starlette decodes header bytes as latin-1; encoding back gives the bytes that were sent.
+    if not hmac.compare_digest(token.encode("latin-1"), key.get_secret_value().encode("utf-8")):
+        raise Unauthorized("the bearer token is not valid")

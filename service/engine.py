@@ -1,0 +1,255 @@
+"""The batching engine: a bounded queue, one batcher task, one model thread.
+
+How a request travels::
+
+    route --submit()--> queue (bounded: full -> 429) --batcher--> worker thread --> futures
+                                                   \\-- past its deadline: 504, never run
+
+* :meth:`BatchingEngine.submit` is synchronous and never waits: it either appends a job to the
+  queue and returns the job's future, or refuses at once (429 queue full, 503 shutting down).
+  Shedding load at the door keeps latency bounded; a queue that blocks would only move the
+  wait somewhere the client cannot see it.
+* The batcher (:meth:`_run`) waits for a first job, then lets the batch fill until it holds
+  ``max_batch_size`` jobs or the *first* job has waited ``max_queue_delay_seconds`` (counted
+  from its arrival, so jobs that queued behind a running batch do not wait twice).
+* Jobs whose deadline has passed, or whose client gave up, are dropped before the batch runs.
+* The batch runs in a single worker thread (:meth:`ServedModel.infer`, layer by layer, samples
+  grouped by width), so the event loop keeps accepting and answering while the model works,
+  and only one batch uses the model at a time.
+* Results go back through each job's future, on the event loop.
+* :meth:`drain` stops accepting, lets queued and running jobs finish, then stops the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from service.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDown
+from service.metrics import ServiceMetrics
+from service.model import ServedModel
+
+log = logging.getLogger("service")
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+    error_type = "inference_failed"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's result."""
+
+    probabilities: torch.Tensor  # (classes,) float32
+    widths: list[int]
+    bitops: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    image: torch.Tensor  # (C, H, W) uint8
+    budget: float
+    pinned: list[int] | None
+    deadline: float  # loop time
+    enqueued: float  # loop time
+    future: asyncio.Future[Answer]
+
+
+class BatchingEngine:
+    """Batches concurrent requests for one :class:`ServedModel`."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        *,
+        max_batch_size: int,
+        max_queue_delay_seconds: float,
+        max_queue_size: int,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay_seconds
+        self.max_queue_size = max_queue_size
+        self.metrics = metrics
+        self._queue: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abn-model")
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._running = 0  # jobs in the batch now in the model
+        self._batch_seconds = 0.01  # moving average, for Retry-After
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="abn-batcher")
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """New submissions get 503 from now on; safe to call from a signal handler."""
+        self._accepting = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or self._running > 0
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, finish what was accepted (up to ``timeout``), stop the batcher."""
+        self.stop_accepting()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.busy and loop.time() < end and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
+        while self._queue:  # only left when the grace ran out
+            self._finish(self._queue.popleft(), ShuttingDown("the server shut down first"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- submitting -------------------------------------------------------------------------
+    def submit(
+        self,
+        image: torch.Tensor,
+        budget: float,
+        pinned: Sequence[int] | None,
+        deadline: float,
+    ) -> asyncio.Future[Answer]:
+        """Queue one image; raise 503/429 at once instead of waiting for room."""
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down; retry on another instance")
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(
+                f"the queue is full ({self.max_queue_size} requests waiting); retry later",
+                self.retry_after_seconds(),
+            )
+        loop = asyncio.get_running_loop()
+        job = _Job(
+            image,
+            float(budget),
+            None if pinned is None else list(pinned),
+            deadline,
+            loop.time(),
+            loop.create_future(),
+        )
+        self._queue.append(job)
+        if self.metrics is not None:
+            self.metrics.pending.inc()
+        self._wakeup.set()
+        return job.future
+
+    def retry_after_seconds(self) -> int:
+        """Whole seconds until the queue has likely drained (at least 1)."""
+        batches = len(self._queue) / self.max_batch_size + 1
+        return max(1, math.ceil(batches * (self._batch_seconds + self.max_queue_delay)))
+
+    # -- the batcher ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            live = self._drop_expired(batch)
+            if live:
+                await self._execute(live)
+
+    async def _collect(self) -> list[_Job]:
+        """Wait for a first job, then until the batch is full or its first job's delay is up."""
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        close_at = self._queue[0].enqueued + self.max_queue_delay
+        while len(self._queue) < self.max_batch_size:
+            remaining = close_at - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        size = min(len(self._queue), self.max_batch_size)
+        return [self._queue.popleft() for _ in range(size)]
+
+    def _drop_expired(self, batch: list[_Job]) -> list[_Job]:
+        """Jobs worth running: not abandoned by their client and not past their deadline."""
+        now = asyncio.get_running_loop().time()
+        live = []
+        for job in batch:
+            if job.future.done():  # the route gave up (deadline, disconnect)
+                self._finish(job, None)
+            elif now >= job.deadline:
+                self._finish(
+                    job,
+                    DeadlineExceeded(
+                        f"the request waited {now - job.enqueued:.3f}s in the queue, past its "
+                        f"deadline; it was not run"
+                    ),
+                )
+            else:
+                live.append(job)
+        return live
+
+    async def _execute(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self.metrics is not None:
+            for job in jobs:
+                self.metrics.queue_duration.observe(started - job.enqueued)
+        images = torch.stack([job.image for job in jobs])
+        budgets = torch.tensor([job.budget for job in jobs], dtype=torch.float64)
+        pinned = None
+        if any(job.pinned is not None for job in jobs):
+            zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
+            pinned = torch.tensor([job.pinned or zeros for job in jobs], dtype=torch.long)
+        self._running = len(jobs)
+        clock = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(
+                self._executor, self.model.infer, images, budgets, pinned
+            )
+        except Exception as err:  # a model failure must not kill the batcher
+            log.exception("inference failed for a batch of %d", len(jobs))
+            for job in jobs:
+                self._finish(job, InferenceFailed(f"inference failed: {type(err).__name__}"))
+            return
+        finally:
+            self._running = 0
+        seconds = time.perf_counter() - clock
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        if self.metrics is not None:
+            self.metrics.batch_done(len(jobs), seconds)
+        widths = out.widths.tolist()
+        bitops = out.bitops.tolist()
+        for i, job in enumerate(jobs):
+            self._finish(job, Answer(out.probabilities[i], widths[i], bitops[i], len(jobs)))
+
+    def _finish(self, job: _Job, outcome: Answer | BaseException | None) -> None:
+        """Settle a job's future (unless its route already gave up) and count it done."""
+        if self.metrics is not None:
+            self.metrics.pending.dec()
+        if job.future.done() or outcome is None:
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)

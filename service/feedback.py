@@ -1,0 +1,70 @@
+"""Recent predictions by request id, so ``POST /feedback`` can score them (live accuracy).
+
+Bounded twice: at most ``capacity`` ids (least recently answered evicted first) and each for
+``ttl_seconds``; memory stays constant under any load and a label for an old or unknown id is
+a 404, never a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from service.errors import Conflict, NotFound
+
+Outcome = Literal["correct", "incorrect"]
+
+
+@dataclass
+class _Prediction:
+    label: int
+    expires: float
+    scored: bool = False
+
+
+class RecentPredictions:
+    """An LRU of request id -> predicted label, with expiry."""
+
+    def __init__(
+        self,
+        capacity: int,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity
+        self.ttl = ttl_seconds
+        self._clock = clock
+        self._items: OrderedDict[str, _Prediction] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def remember(self, request_id: str, label: int) -> None:
+        self._items.pop(request_id, None)
+        self._items[request_id] = _Prediction(label, self._clock() + self.ttl)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def score(self, request_id: str, true_label: int) -> tuple[Outcome, int]:
+        """Compare the true label with the prediction: (outcome, predicted label).
+
+        404 for an unknown or expired id; 409 when that id was already scored (one request,
+        one vote, so a retrying client cannot skew live accuracy).
+        """
+        entry = self._items.get(request_id)
+        if entry is not None and entry.expires < self._clock():
+            del self._items[request_id]
+            entry = None
+        if entry is None:
+            raise NotFound(
+                f"no recent request with id {ascii(request_id[:80])}: unknown, or older than "
+                f"{self.ttl:g}s or the last {self.capacity} requests"
+            )
+        if entry.scored:
+            raise Conflict(f"feedback for request {ascii(request_id[:80])} was already given")
+        entry.scored = True
+        outcome: Outcome = "correct" if entry.label == true_label else "incorrect"
+        return outcome, entry.label

@@ -1,0 +1,186 @@
+"""Prometheus metrics of the contract (prefix ``abn_``), on a registry of the app's own.
+
+A dedicated :class:`CollectorRegistry` per app keeps two apps in one process (the tests) from
+colliding and keeps the process collectors out of the service's contract. Request metrics
+exist from the start; model metrics (whose buckets come from the model's own min..max BitOps)
+are created when the model has loaded, so ``/metrics`` answers while the model is loading.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+SECONDS_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+RATIO_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
+BITOPS_BUCKETS_COUNT = 20
+
+
+def bitops_buckets(min_bitops: float, max_bitops: float) -> tuple[float, ...]:
+    """Buckets from the cheapest to the dearest configuration, geometrically spaced (the
+    cost grows with the square of the width, so low budgets need the finer resolution)."""
+    low, high = max(min_bitops, 1.0), max(max_bitops, min_bitops * 1.0001, 1.0)
+    edges = np.geomspace(low, high, BITOPS_BUCKETS_COUNT)
+    inner = tuple(float(f"{e:.6g}") for e in edges[1:-1])
+    return (float(low), *inner, float(high))  # exact ends: the cheapest lands in the first
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Every size up to 16, then powers of two, up to the largest batch."""
+    sizes = set(range(1, min(max_batch_size, 16) + 1))
+    p = 32
+    while p < max_batch_size:
+        sizes.add(p)
+        p *= 2
+    sizes.add(max_batch_size)
+    return tuple(float(s) for s in sorted(sizes))
+
+
+class ServiceMetrics:
+    """Every metric of the contract; methods named after what happened."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "abn_requests_total", "every request", ["route", "status_code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "abn_request_duration_seconds",
+            "end to end, in the server",
+            ["route"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "abn_queue_duration_seconds",
+            "waiting for a batch",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "abn_inference_duration_seconds",
+            "one batch through the network",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "abn_batch_size",
+            "samples per batch",
+            buckets=batch_buckets(max_batch_size),
+            registry=r,
+        )
+        self.pending = Gauge("abn_pending_requests", "queued plus running", registry=r)
+        self.feedback = Counter(
+            "abn_feedback_total", "live accuracy from /feedback", ["outcome"], registry=r
+        )
+        for outcome in ("correct", "incorrect"):
+            self.feedback.labels(outcome=outcome)
+        self.prediction_confidence = Histogram(
+            "abn_prediction_confidence", "top-1 probability", buckets=RATIO_BUCKETS, registry=r
+        )
+        self.expected_accuracy = Histogram(
+            "abn_expected_accuracy",
+            "accuracy the model card predicts for the configuration chosen",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.utilization = Histogram(
+            "abn_budget_utilization_ratio",
+            "used / budget, 0 to 1",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "abn_model_info",
+            "what is loaded",
+            ["model_name", "model_version", "device"],
+            registry=r,
+        )
+        self.budget: Histogram | None = None
+        self.used: Histogram | None = None
+        self.layer_bits: Counter | None = None
+
+    def bind_model(
+        self,
+        *,
+        name: str,
+        version: str,
+        device: str,
+        layer_names: list[str],
+        bit_candidates: list[int],
+        min_bitops: float,
+        max_bitops: float,
+    ) -> None:
+        """Create the model-shaped metrics once the model is known."""
+        r = self.registry
+        buckets = bitops_buckets(min_bitops, max_bitops)
+        self.budget = Histogram(
+            "abn_bitops_budget", "budgets that applied", buckets=buckets, registry=r
+        )
+        self.used = Histogram(
+            "abn_bitops_used", "BitOps spent per image", buckets=buckets, registry=r
+        )
+        self.layer_bits = Counter(
+            "abn_layer_bits_total", "chosen width per layer", ["layer", "bits"], registry=r
+        )
+        for layer in layer_names:  # every series exists from the start, at 0
+            for bits in bit_candidates:
+                self.layer_bits.labels(layer=layer, bits=str(bits))
+        self.model_info.labels(model_name=name, model_version=version, device=device).set(1)
+
+    # -- events -----------------------------------------------------------------------------
+    def request_done(self, route: str, status_code: int, seconds: float) -> None:
+        self.requests.labels(route=route, status_code=str(status_code)).inc()
+        self.request_duration.labels(route=route).observe(seconds)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_duration.observe(seconds)
+
+    def classified(
+        self,
+        *,
+        budget: float,
+        bitops: float,
+        layer_names: list[str],
+        widths: list[int],
+        confidence: float,
+        expected_accuracy: float | None,
+    ) -> None:
+        assert self.budget is not None and self.used is not None and self.layer_bits is not None
+        self.budget.observe(budget)
+        self.used.observe(bitops)
+        self.utilization.observe(min(max(bitops / budget, 0.0), 1.0))
+        for layer, bits in zip(layer_names, widths, strict=True):
+            self.layer_bits.labels(layer=layer, bits=str(bits)).inc()
+        self.prediction_confidence.observe(confidence)
+        if expected_accuracy is not None:
+            self.expected_accuracy.observe(expected_accuracy)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format (0.0.4: what every Prometheus version parses) and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4

@@ -1,0 +1,104 @@
+"""Per-request context: the request id, the arrival time, and the request metrics.
+
+A plain ASGI middleware (not ``BaseHTTPMiddleware``) so it adds no task or body copy per
+request. It sees every response, errors included, which is what makes ``X-Request-ID`` and
+``abn_requests_total`` cover every request. It is also the last line of defence: an exception
+that escapes the app is answered here as a JSON 500 in the contract's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service")
+
+REQUEST_ID_KEY = "abn.request_id"
+ARRIVAL_KEY = "abn.arrival"  # event-loop time the request arrived
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID = 128
+_REQUEST_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
+
+
+def route_label(scope: Scope) -> str:
+    """The route template (``/classify``), never the raw path, to bound label cardinality."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Callable[[], ServiceMetrics]) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        clock = time.perf_counter()
+        scope[ARRIVAL_KEY] = asyncio.get_running_loop().time()
+        given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
+        valid = len(given) == 0 or (
+            len(given) == 1 and _REQUEST_ID_RE.fullmatch(given[0]) is not None
+        )
+        request_id = given[0] if given and valid else uuid.uuid4().hex
+        scope[REQUEST_ID_KEY] = request_id
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if not valid:
+                status = 422
+                await _send_error(
+                    send_with_id,
+                    422,
+                    "invalid_request_id",
+                    f"{REQUEST_ID_HEADER} must be given once, 1 to {MAX_REQUEST_ID} visible "
+                    f"ASCII characters (no spaces); omit it to have one generated",
+                )
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _send_error(
+                    send_with_id, 500, "internal_error", "internal error; see the server log"
+                )
+        finally:
+            self.metrics().request_done(route_label(scope), status, time.perf_counter() - clock)
+
+
+async def _send_error(send: Send, status: int, error_type: str, message: str) -> None:
+    body = json.dumps({"error": message, "error_type": error_type}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

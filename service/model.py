@@ -1,0 +1,193 @@
+"""The loaded model the service owns: supernet, policy, cost table, and one batched call.
+
+Everything here is synchronous and CPU/GPU-bound; the batching engine calls :meth:`infer` in
+its single worker thread, never on the event loop. After :meth:`ServedModel.load` the object
+is read-only, so several apps (the tests) may share one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from abn.bitops import CostTable, cost_table
+from abn.errors import ABNError
+from abn.policy import WidthPolicy, rollout
+from abn.preprocess import InputSpec, normalize
+from abn.store import ModelDirectory, open_model_dir
+from abn.supernet import Supernet
+from service.accuracy import AccuracyTables
+
+log = logging.getLogger("service")
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served; the message says why and what to do."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a
+    silent fallback, because an operator who asks for a GPU wants to know they did not get one."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("ABN_DEVICE=cuda but no CUDA device is available to torch")
+    if setting not in ("cpu", "cuda"):
+        raise ModelLoadError(f"ABN_DEVICE must be auto, cpu or cuda, not {setting!r}")
+    return torch.device(setting)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """One batch's answers, on the CPU: what the engine hands back per request."""
+
+    probabilities: torch.Tensor  # (N, classes) float32
+    widths: torch.Tensor  # (N, L) int64, one width per switchable layer
+    bitops: torch.Tensor  # (N,) float64
+
+
+class ServedModel:
+    """A model directory loaded for inference on one device."""
+
+    def __init__(
+        self,
+        directory: ModelDirectory,
+        net: Supernet,
+        policy: WidthPolicy | None,
+        table: CostTable,
+        device: torch.device,
+    ) -> None:
+        self.directory = directory
+        self.net = net
+        self.policy = policy
+        self.table = table
+        self.device = device
+        self.input_spec: InputSpec = directory.input_spec
+        self.classes: list[str] = directory.classes
+        self.name = str(directory.manifest.get("name", directory.path.name))
+        self.version = str(directory.manifest.get("version", "unknown"))
+        self.accuracy = AccuracyTables(directory.manifest.get("accuracy"))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> ServedModel:
+        """Verify, load, move to the device and fold every width's weights once."""
+        started = time.perf_counter()
+        try:
+            directory = open_model_dir(path)
+            target = resolve_device(device)
+            net = directory.load_supernet(target).fold_for_inference()
+            policy = directory.load_policy(target)
+        except ABNError as err:
+            raise ModelLoadError(f"cannot load the model directory {path}: {err}") from err
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise ModelLoadError(
+                f"cannot load the model directory {path}: {type(err).__name__}: {err}"
+            ) from err
+        table = cost_table(net)
+        if len(directory.classes) != net.spec.num_classes:
+            raise ModelLoadError(
+                f"{path}: the manifest names {len(directory.classes)} classes but the network "
+                f"has {net.spec.num_classes} outputs"
+            )
+        log.info(
+            "loaded %s %s on %s in %.2fs (%s policy)",
+            directory.manifest.get("name"),
+            directory.manifest.get("version"),
+            target,
+            time.perf_counter() - started,
+            "learned" if policy is not None else "fallback",
+        )
+        return cls(directory, net, policy, table, target)
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.table.layer_names)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.table.layer_macs)
+
+    @property
+    def bit_candidates(self) -> list[int]:
+        return list(self.table.bit_candidates)
+
+    @property
+    def min_bitops(self) -> float:
+        return self.table.min_bitops
+
+    @property
+    def max_bitops(self) -> float:
+        return self.table.max_bitops
+
+    @property
+    def policy_kind(self) -> str:
+        return "learned" if self.policy is not None else "uniform_fallback"
+
+    def card(self) -> dict[str, Any]:
+        """The model card of ``GET /v1/model`` (CONTRACT.md), plus a few useful extras."""
+        manifest = self.directory.manifest
+        return {
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "input": self.input_spec.to_dict(),
+            "layers": [
+                {"name": n, "macs": int(m)}
+                for n, m in zip(self.table.layer_names, self.table.layer_macs, strict=True)
+            ],
+            "bit_candidates": self.bit_candidates,
+            "min_bitops": self.min_bitops,
+            "max_bitops": self.max_bitops,
+            "fixed_bitops": self.table.fixed_bitops,
+            "accuracy": {"static": self.accuracy.static, "adaptive": self.accuracy.adaptive},
+            "architecture": str(manifest.get("architecture", {}).get("name", "")),
+            "policy": self.policy_kind,
+            "device": str(self.device),
+        }
+
+    # -- inference --------------------------------------------------------------------------
+    def infer(
+        self, images: torch.Tensor, budgets: torch.Tensor, pinned: torch.Tensor | None
+    ) -> BatchOutput:
+        """Classify a batch, each image at its own widths (policy, or pinned row when non-zero).
+
+        ``images``: uint8 ``(N, C, H, W)``; ``budgets``: float64 ``(N,)``; ``pinned``: int64
+        ``(N, L)`` or None. Runs layer by layer with samples grouped by width (``rollout``).
+        """
+        with torch.inference_mode():
+            x = normalize(images.to(self.device, non_blocking=True), self.input_spec)
+            result = rollout(
+                self.net,
+                self.table,
+                x,
+                budgets.to(self.device),
+                self.policy,
+                pinned=None if pinned is None else pinned.to(self.device),
+            )
+            probabilities = torch.softmax(result.logits.float(), dim=1)
+            return BatchOutput(
+                probabilities.cpu(), result.widths.long().cpu(), result.bitops.double().cpu()
+            )
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every width once (and one mixed adaptive batch) so no request pays first-call
+        costs: allocator growth, kernel selection, lazy CUDA initialisation."""
+        spec = self.input_spec
+        n = self.num_layers
+        one = torch.zeros(1, spec.channels, spec.height, spec.width, dtype=torch.uint8)
+        for bits in self.bit_candidates:
+            self.infer(one, torch.tensor([self.max_bitops]), torch.full((1, n), bits))
+        batch = max(1, min(max_batch_size, 64))
+        images = torch.randint(
+            0, 256, (batch, spec.channels, spec.height, spec.width), dtype=torch.uint8
+        )
+        budgets = torch.linspace(self.min_bitops, self.max_bitops, batch, dtype=torch.float64)
+        self.infer(images, budgets, None)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,150 @@
+"""Response and request bodies of every route, so ``/openapi.json`` is exact (CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    """Every error: what went wrong (with what is allowed) and a stable machine-readable type."""
+
+    error: str = Field(description="what was wrong and what is allowed")
+    error_type: str = Field(description="stable identifier, e.g. budget_out_of_range")
+
+
+class NotReadyBody(ErrorBody):
+    """``/readyz`` while not ready: the error shape plus the phase."""
+
+    status: Literal["loading", "warming", "draining", "failed"]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class TopK(BaseModel):
+    label: int
+    class_name: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    id: str = Field(description="the request id (X-Request-ID), for POST /feedback")
+    model: ModelRef
+    label: int
+    class_name: str
+    confidence: float = Field(description="top-1 probability")
+    top_k: list[TopK]
+    bit_widths: list[int] = Field(description="one per switchable layer, in order")
+    bitops: float = Field(description="what this image cost, <= budget")
+    budget: float = Field(description="the budget that applied")
+    policy: Literal["adaptive", "pinned"]
+    latency_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "warming", "draining", "failed"]
+    model: str | None = None
+
+
+class InputSpecModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    channels: int
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+
+
+class LayerModel(BaseModel):
+    name: str
+    macs: int
+
+
+class StaticAccuracy(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    bit_widths: list[int]
+    bitops: float
+    accuracy: float
+
+
+class AdaptiveAccuracy(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    budget: float
+    mean_bitops: float
+    accuracy: float
+
+
+class AccuracyTablesModel(BaseModel):
+    static: list[StaticAccuracy]
+    adaptive: list[AdaptiveAccuracy]
+
+
+class ModelCard(BaseModel):
+    """``GET /v1/model``."""
+
+    name: str
+    version: str
+    classes: list[str]
+    input: InputSpecModel
+    layers: list[LayerModel] = Field(description="the switchable layers, in order")
+    bit_candidates: list[int]
+    min_bitops: float = Field(description="cheapest configuration, per image")
+    max_bitops: float = Field(description="dearest configuration, per image")
+    fixed_bitops: float = Field(description="stem + classifier, always 8 x 8 bits")
+    accuracy: AccuracyTablesModel = Field(description="measured on the test set")
+    architecture: str
+    policy: Literal["learned", "uniform_fallback"] = Field(
+        description="learned: the trained width policy; uniform_fallback: the dearest uniform "
+        "width that fits the budget"
+    )
+    device: str
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200, description="the id of an earlier /classify")
+    label: int = Field(strict=True, description="the true class index")
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    label: int
+    predicted_label: int
+    outcome: Literal["correct", "incorrect"]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    meaning = {
+        400: "the body is not a decodable image (or the multipart has no 'image')",
+        401: "ABN_API_KEY is set and the bearer token is missing or wrong",
+        404: "unknown or expired request id",
+        409: "feedback for this id was already given",
+        413: "the body or the image's pixel count is over the limit",
+        415: "unsupported Content-Type",
+        422: "invalid header or body (budget, bit-widths, request id, label)",
+        429: "the queue is full; see Retry-After",
+        503: "not ready, or shutting down",
+        504: "the request waited past its deadline",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": meaning[code]}
+        if code == 429:
+            entry["headers"] = {
+                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
+            }
+        out[code] = entry
+    return out

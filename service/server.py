@@ -1,0 +1,114 @@
+"""Running the app under uvicorn: ``abn serve``.
+
+One process, one worker: the process owns the model and its batching engine (several workers
+would each load the model and batch only their share of the traffic).
+
+SIGTERM / SIGINT: readiness goes 503 and new requests are refused with 503 at once (from the
+signal handler, before uvicorn starts its own shutdown); after ``ABN_SHUTDOWN_DELAY_SECONDS``
+(default 0: at once) uvicorn closes the listener, waits for in-flight requests (queued ones
+included) up to ``ABN_SHUTDOWN_TIMEOUT_SECONDS``, and the lifespan drains the engine. The
+process then exits with status 0. A second signal during the delay ends the delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from abn.errors import ModelIntegrityError
+from abn.store import open_model_dir
+from service.app import create_app
+from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that flips the app to draining the moment a signal arrives."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_signal: Callable[[], None], delay_seconds: float = 0.0
+    ) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+        self._delay = delay_seconds
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not super(): uvicorn would re-raise the signal after a clean shutdown, turning a
+        # graceful drain into a death by SIGTERM (exit status 143).
+        self._on_signal()
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl+C: stop waiting
+        elif self._exit_at is None and self._delay > 0:
+            self._exit_at = time.monotonic() + self._delay  # on_tick ends the delay
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(settings: Settings) -> int:
+    """Serve until a signal; 0 after a graceful shutdown, 1 when the model failed to load."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        open_model_dir(settings.model_dir)  # a clear error before binding the port
+    except ModelIntegrityError as err:
+        print(f"abn serve: cannot serve {settings.model_dir}: {err}", file=sys.stderr)
+        return 2
+    fatal: list[str] = []
+    server: DrainingServer | None = None
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,  # abn_requests_total and abn_request_duration_seconds cover it
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds + 0.999),
+    )
+    server = DrainingServer(
+        config,
+        on_signal=app.state.service.begin_draining,
+        delay_seconds=settings.shutdown_delay_seconds,
+    )
+    server.run()
+    if fatal:
+        print(f"abn serve: the model could not be served: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_from_cli(model: Path | None, host: str | None, port: int | None) -> int:
+    """``abn serve``: command-line options override ``ABN_*`` settings."""
+    overrides = {
+        k: v for k, v in (("model_dir", model), ("host", host), ("port", port)) if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"ABN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        print(f"abn serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    return serve(settings)

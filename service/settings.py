@@ -1,0 +1,103 @@
+"""Service settings, read from ``ABN_*`` environment variables (pydantic-settings).
+
+Every setting the contract names exists here under exactly that name; ``abn serve`` options
+(``--model``, ``--host``, ``--port``) override the environment.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.budget import BudgetSyntaxError, parse_budget_number
+
+# The shipped model, next to the packages (the same default as ``abn serve --model``).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
+
+
+class Settings(BaseSettings):
+    """What an operator can tune; defaults suit one CPU-bound process with a small model."""
+
+    model_config = SettingsConfigDict(env_prefix="ABN_", extra="ignore", frozen=True)
+
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="the model directory to serve")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else CPU"
+    )
+    default_budget: float | None = Field(
+        None,
+        description="BitOps budget for requests without X-BitOps-Budget (same syntax as the "
+        "header, e.g. 25M); unset means the most expensive configuration",
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most requests in one batch")
+    max_queue_delay_seconds: float = Field(
+        0.005, ge=0.0, le=10.0, description="longest a request waits for a batch to fill"
+    )
+    max_queue_size: int = Field(
+        256, ge=1, description="requests waiting for a batch; beyond it, 429"
+    )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0.0, description="deadline from arrival; a request still queued past it gets 504"
+    )
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="largest image, in pixels, and largest square it is padded to (max side^2)",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="when set, /classify and /feedback need 'Authorization: Bearer <key>'"
+    )
+    host: str = Field("0.0.0.0", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="bind port")
+    feedback_capacity: int = Field(
+        100_000, ge=1, description="recent request ids remembered for POST /feedback"
+    )
+    feedback_ttl_seconds: float = Field(
+        3600.0, gt=0.0, description="how long a request id stays open to feedback"
+    )
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=300.0,
+        description="after SIGTERM, keep listening this long (readiness 503, new requests 503) "
+        "before closing the port, so load balancers see the 503 and stop routing here",
+    )
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0.0, description="graceful-shutdown grace for in-flight requests after SIGTERM"
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch intra-op threads for CPU inference; unset: torch's default (one per "
+        "core). 1 suits small models and CPUs shared with other work",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("default_budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: object) -> float | None:
+        """Accept the header's syntax (``25M``, ``2.5e7``) so one rule serves both."""
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError("ABN_DEFAULT_BUDGET must be a positive finite number")
+            return float(value)
+        try:
+            return parse_budget_number(str(value))
+        except BudgetSyntaxError as err:
+            raise ValueError(f"ABN_DEFAULT_BUDGET: {err}") from err
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        """``ABN_API_KEY=`` (empty) means no key, not a key that is the empty string."""
+        if value is None or (isinstance(value, str) and value == ""):
+            return None
+        return value

@@ -1,0 +1,152 @@
+"""What one app instance holds, and the readiness lifecycle around loading the model.
+
+Phases: ``loading`` -> ``warming`` -> ``ready`` -> ``draining`` (or ``failed``). The model is
+loaded in the background after the server starts listening, so ``/healthz`` and ``/readyz``
+answer (200 and 503) while a large model loads instead of the port being closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from fastapi import Request
+
+from service.engine import BatchingEngine
+from service.errors import NotReady, ShuttingDown
+from service.feedback import RecentPredictions
+from service.metrics import ServiceMetrics
+from service.model import ModelLoadError, ServedModel
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+Phase = Literal["loading", "warming", "ready", "draining", "failed"]
+Loader = Callable[[Settings], ServedModel]
+
+
+def load_from_settings(settings: Settings) -> ServedModel:
+    return ServedModel.load(settings.model_dir, settings.device)
+
+
+class ServiceState:
+    """Shared by every route through :func:`get_state`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader = load_from_settings,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.on_fatal = on_fatal
+        self.metrics = ServiceMetrics(settings.max_batch_size)
+        self.predictions = RecentPredictions(
+            settings.feedback_capacity, settings.feedback_ttl_seconds
+        )
+        self.phase: Phase = "loading"
+        self.model: ServedModel | None = None
+        self.engine: BatchingEngine | None = None
+        self.default_budget: float = float("inf")
+        self.load_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Load, warm up, start the engine, become ready; on failure say why and stay 503."""
+        s = self.settings
+        try:
+            if s.torch_threads is not None:
+                torch.set_num_threads(s.torch_threads)
+            model = await asyncio.to_thread(self.loader, s)
+            if self.phase == "draining":
+                return
+            self.phase = "warming"
+            await asyncio.to_thread(model.warm_up, s.max_batch_size)
+            if s.default_budget is not None and s.default_budget < model.min_bitops:
+                raise ModelLoadError(
+                    f"ABN_DEFAULT_BUDGET={s.default_budget:.6g} is below the cheapest "
+                    f"configuration of this model ({model.min_bitops:.6g} BitOps); feasible "
+                    f"budgets are {model.min_bitops:.6g} to {model.max_bitops:.6g}"
+                )
+            self.default_budget = (
+                s.default_budget if s.default_budget is not None else model.max_bitops
+            )
+            self.metrics.bind_model(
+                name=model.name,
+                version=model.version,
+                device=str(model.device),
+                layer_names=model.layer_names,
+                bit_candidates=model.bit_candidates,
+                min_bitops=model.min_bitops,
+                max_bitops=model.max_bitops,
+            )
+            engine = BatchingEngine(
+                model,
+                max_batch_size=s.max_batch_size,
+                max_queue_delay_seconds=s.max_queue_delay_seconds,
+                max_queue_size=s.max_queue_size,
+                metrics=self.metrics,
+            )
+            self.model = model
+            if self.phase == "draining":
+                return
+            engine.start()
+            self.engine = engine
+            self.phase = "ready"
+            log.info("ready: %s %s on %s", model.name, model.version, model.device)
+        except Exception as err:
+            self.phase = "failed"
+            self.load_error = str(err) if isinstance(err, ModelLoadError) else repr(err)
+            log.error("the model could not be loaded: %s", self.load_error)
+            if self.on_fatal is not None:
+                self.on_fatal(self.load_error)
+
+    def begin_draining(self) -> None:
+        """Readiness 503 and new requests refused, at once; queued ones still finish.
+
+        Called from the SIGTERM handler, so it only flips flags.
+        """
+        if self.phase != "failed":
+            self.phase = "draining"
+        if self.engine is not None:
+            self.engine.stop_accepting()
+
+    async def shutdown(self) -> None:
+        self.begin_draining()
+        if self.engine is not None:
+            await self.engine.drain(self.settings.shutdown_timeout_seconds)
+
+    # -- for routes -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    def not_ready_error(self) -> NotReady | ShuttingDown:
+        if self.phase == "draining":
+            return ShuttingDown("the server is shutting down; retry on another instance")
+        if self.phase == "failed":
+            return NotReady(f"the model failed to load: {self.load_error}")
+        return NotReady(f"the model is {self.phase}; retry shortly", headers={"Retry-After": "1"})
+
+    def serving(self) -> tuple[ServedModel, BatchingEngine]:
+        """The model and engine, or 503 while loading, warming, draining or failed."""
+        if not self.ready or self.model is None or self.engine is None:
+            raise self.not_ready_error()
+        if not self.engine.accepting:
+            raise ShuttingDown("the server is shutting down; retry on another instance")
+        return self.model, self.engine
+
+    def loaded_model(self) -> ServedModel:
+        """The model once loaded (also while draining), else 503."""
+        if self.model is None:
+            raise self.not_ready_error()
+        return self.model
+
+
+async def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the app's :class:`ServiceState`."""
+    return request.app.state.service

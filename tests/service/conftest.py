@@ -1,0 +1,31 @@
+"""Fixtures of the service tests: one loaded tiny model shared by every in-process app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.model import ServedModel
+from service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def served_model(tiny_model_dir: Path) -> ServedModel:
+    torch.set_num_threads(1)  # the CI box is small and shared; small batches gain nothing
+    return ServedModel.load(tiny_model_dir, "cpu")
+
+
+@pytest.fixture
+def make_app(served_model: ServedModel, tiny_model_dir: Path) -> Callable[..., FastAPI]:
+    """An app around the shared model, with settings overridden by keyword."""
+
+    def make(**overrides: object) -> FastAPI:
+        settings = Settings(model_dir=tiny_model_dir, device="cpu", **overrides)
+        return create_app(settings, model=served_model)
+
+    return make

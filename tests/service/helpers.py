@@ -1,0 +1,203 @@
+"""Shared helpers of the service tests: images, metric scraping, ASGI and real-process servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+
+# -- images ---------------------------------------------------------------------------------
+def fmnist_like(seed: int, size: int = 28) -> np.ndarray:
+    """A 28x28 uint8 image like the tiny test data: noise plus a bright band at a class row."""
+    rng = np.random.default_rng(seed)
+    image = (rng.random((size, size)) * 60).astype(np.uint8)
+    row = 2 * int(rng.integers(0, 10))
+    image[row : row + 6, 4:24] = 220
+    return image
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode is not None:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png(seed: int = 0) -> bytes:
+    return encode(fmnist_like(seed))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` but whose data is a few bytes: a bomb
+    shape that must be refused from the header, before anything is inflated."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+# -- metrics --------------------------------------------------------------------------------
+class Scrape:
+    """Samples of one ``/metrics`` text, summed over the labels a query leaves out."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = [
+            (s.name, dict(s.labels), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+        self.names = {name for name, _, _ in self.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(
+            v
+            for n, ls, v in self.samples
+            if n == name and all(ls.get(k) == want for k, want in labels.items())
+        )
+
+    def series(self, name: str) -> list[tuple[dict[str, str], float]]:
+        return [(ls, v) for n, ls, v in self.samples if n == name]
+
+
+METRIC_NAMES = {
+    "abn_requests_total",
+    "abn_request_duration_seconds",
+    "abn_queue_duration_seconds",
+    "abn_inference_duration_seconds",
+    "abn_batch_size",
+    "abn_pending_requests",
+    "abn_bitops_budget",
+    "abn_bitops_used",
+    "abn_budget_utilization_ratio",
+    "abn_layer_bits_total",
+    "abn_prediction_confidence",
+    "abn_expected_accuracy",
+    "abn_feedback_total",
+    "abn_model_info",
+}
+
+
+def family_names(text: str) -> set[str]:
+    """Metric family names as the contract names them (counters keep their ``_total``)."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name + "_total" if family.type == "counter" else family.name)
+    return names
+
+
+# -- in-process app -------------------------------------------------------------------------
+async def wait_phase(app: FastAPI, timeout: float = 60.0) -> str:
+    state = app.state.service
+    end = time.monotonic() + timeout
+    while state.phase in ("loading", "warming"):
+        if time.monotonic() > end:
+            raise TimeoutError(f"app still {state.phase} after {timeout}s")
+        await asyncio.sleep(0.01)
+    return state.phase
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and yield an httpx client talking to it over ASGI."""
+    async with app.router.lifespan_context(app):
+        if ready:
+            assert await wait_phase(app) == "ready", app.state.service.load_error
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://asgi") as client:
+            yield client
+
+
+# -- real processes -------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def abn_command() -> list[str]:
+    """The installed ``abn`` console script next to this interpreter, else ``-m abn.cli``."""
+    script = Path(sys.executable).parent / "abn"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "abn.cli"]
+
+
+class ServerProcess:
+    """A real ``abn serve`` on a free port, started in the background."""
+
+    def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
+        env.update({"ABN_TORCH_THREADS": "1", "ABN_LOG_LEVEL": "warning"})
+        env.update({f"ABN_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = abn_command() + ["serve", "--model", str(model_dir), "--host", "127.0.0.1"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> list[int]:
+        """Poll /readyz until 200; returns the statuses seen on the way."""
+        seen: list[int] = []
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"abn serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status = httpx.get(self.url + "/readyz", timeout=2.0).status_code
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.02)
+        raise TimeoutError(f"abn serve not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

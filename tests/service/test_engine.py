@@ -1,0 +1,182 @@
+"""The batching engine: batches fill and close on time, expired jobs never run, a full queue
+refuses at once, drain finishes what was accepted, and a batch answers like single images."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from service.engine import Answer, BatchingEngine
+from service.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from service.model import BatchOutput, ServedModel
+
+from .helpers import fmnist_like
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails fast, not after 10 minutes
+
+
+class FakeModel:
+    """Records batch sizes; ``gate`` (when set) holds each batch until released."""
+
+    num_layers = 3
+
+    def __init__(self, seconds: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.seconds = seconds
+        self.gate = gate
+        self.batches: list[list[float]] = []
+        self.fail_next = False
+
+    def infer(self, images: torch.Tensor, budgets: torch.Tensor, pinned: object) -> BatchOutput:
+        self.batches.append(budgets.tolist())
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        time.sleep(self.seconds)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        n = images.shape[0]
+        return BatchOutput(
+            torch.full((n, 10), 0.1), torch.full((n, 3), 4, dtype=torch.long), budgets.double()
+        )
+
+
+def engine_for(model: object, **kw: object) -> BatchingEngine:
+    opts = {"max_batch_size": 4, "max_queue_delay_seconds": 0.0, "max_queue_size": 100} | kw
+    return BatchingEngine(model, **opts)  # type: ignore[arg-type]
+
+
+IMAGE = torch.zeros(1, 28, 28, dtype=torch.uint8)
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 30
+
+
+def test_batches_fill_up_to_the_maximum() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        engine = engine_for(model, max_queue_delay_seconds=0.2)
+        engine.start()
+        futures = [engine.submit(IMAGE, float(i + 1), None, far()) for i in range(10)]
+        answers = await asyncio.gather(*futures)
+        assert [len(b) for b in model.batches] == [4, 4, 2]
+        assert [a.bitops for a in answers] == [float(i + 1) for i in range(10)]  # order kept
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
+    async def body() -> None:
+        engine = engine_for(FakeModel(), max_queue_delay_seconds=0.05, max_batch_size=32)
+        engine.start()
+        t0 = time.perf_counter()
+        await engine.submit(IMAGE, 1.0, None, far())
+        assert 0.04 <= time.perf_counter() - t0 < 1.0
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_expired_jobs_are_dropped_before_the_model() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate=gate)
+        engine = engine_for(model, max_batch_size=1)
+        engine.start()
+        loop = asyncio.get_running_loop()
+        first = engine.submit(IMAGE, 1.0, None, far())
+        await asyncio.sleep(0.05)  # the first batch is in the model, held by the gate
+        late = engine.submit(IMAGE, 2.0, None, loop.time() + 0.05)
+        await asyncio.sleep(0.1)
+        gate.set()
+        assert isinstance(await first, Answer)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        assert model.batches == [[1.0]]  # the expired job never reached the model
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        engine = engine_for(FakeModel(gate=gate), max_batch_size=1, max_queue_size=2)
+        engine.start()
+        running = engine.submit(IMAGE, 1.0, None, far())
+        await asyncio.sleep(0.05)
+        queued = [engine.submit(IMAGE, 2.0, None, far()) for _ in range(2)]
+        with pytest.raises(QueueFull) as refused:
+            engine.submit(IMAGE, 3.0, None, far())
+        assert int(refused.value.headers["Retry-After"]) >= 1
+        gate.set()
+        await asyncio.gather(running, *queued)
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_drain_answers_everything_accepted_then_refuses() -> None:
+    async def body() -> None:
+        model = FakeModel(seconds=0.02)
+        engine = engine_for(model, max_batch_size=2)
+        engine.start()
+        futures = [engine.submit(IMAGE, float(i), None, far()) for i in range(7)]
+        await engine.drain(10)
+        assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+        with pytest.raises(ShuttingDown):
+            engine.submit(IMAGE, 1.0, None, far())
+
+    asyncio.run(body())
+
+
+def test_a_failing_batch_fails_its_jobs_not_the_engine() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        model.fail_next = True
+        engine = engine_for(model)
+        engine.start()
+        with pytest.raises(Exception, match="inference failed"):
+            await engine.submit(IMAGE, 1.0, None, far())
+        assert isinstance(await engine.submit(IMAGE, 1.0, None, far()), Answer)
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_batched_answer_equals_one_at_a_time(served_model: ServedModel) -> None:
+    model = served_model
+    n = 24
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.from_numpy(fmnist_like(100 + i)).unsqueeze(0) for i in range(n)]
+    span = model.max_bitops * 1.2 - model.min_bitops
+    budgets = (model.min_bitops + torch.rand(n, generator=gen, dtype=torch.float64) * span).tolist()
+    pins = [None] * n
+    pins[3] = [8] * model.num_layers
+    pins[7] = [2, 3, 4, 5, 6, 8, 2, 3][: model.num_layers]
+
+    async def batched() -> list[Answer]:
+        engine = BatchingEngine(
+            model, max_batch_size=n, max_queue_delay_seconds=0.5, max_queue_size=n
+        )
+        engine.start()
+        futures = [engine.submit(images[i], budgets[i], pins[i], far()) for i in range(n)]
+        answers = await asyncio.gather(*futures)
+        await engine.drain(5)
+        return answers
+
+    answers = asyncio.run(batched())
+    for i, answer in enumerate(answers):
+        assert answer.batch_size == n
+        pinned = None if pins[i] is None else torch.tensor([pins[i]])
+        alone = model.infer(images[i].unsqueeze(0), torch.tensor([budgets[i]]), pinned)
+        assert answer.widths == alone.widths[0].tolist(), i
+        assert answer.bitops == alone.bitops[0].item() <= max(budgets[i], model.max_bitops)
+        torch.testing.assert_close(answer.probabilities, alone.probabilities[0], atol=1e-4, rtol=0)
+        if pins[i] is not None:
+            assert answer.widths == pins[i]
