@@ -67,5 +67,9 @@ def create_app(
     app.state.service = state
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=lambda: state.metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=lambda: state.metrics,
+        known_paths=[getattr(r, "path", "") for r in router.routes],
+    )
     return app

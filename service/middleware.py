@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,17 +30,29 @@ MAX_REQUEST_ID = 128
 _REQUEST_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
 
 
-def route_label(scope: Scope) -> str:
-    """The route template (``/classify``), never the raw path, to bound label cardinality."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+def route_label(scope: Scope, known_paths: frozenset[str] = frozenset()) -> str:
+    """The route template (``/classify``), never the raw path, to bound label cardinality.
+
+    The router records the route it chose; a request answered before routing (a bad
+    X-Request-ID) is labelled by its path when that is one of the app's (parameter-free)
+    routes."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    raw = scope.get("path")
+    return raw if raw in known_paths else "unmatched"
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Callable[[], ServiceMetrics]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Callable[[], ServiceMetrics],
+        known_paths: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.known_paths = frozenset(known_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,7 +98,8 @@ class RequestContextMiddleware:
                     send_with_id, 500, "internal_error", "internal error; see the server log"
                 )
         finally:
-            self.metrics().request_done(route_label(scope), status, time.perf_counter() - clock)
+            route = route_label(scope, self.known_paths)
+            self.metrics().request_done(route, status, time.perf_counter() - clock)
 
 
 async def _send_error(send: Send, status: int, error_type: str, message: str) -> None:

@@ -13,10 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from abn.cli import DEFAULT_MODEL_DIR  # the shipped model; one default for CLI and service
 from service.budget import BudgetSyntaxError, parse_budget_number
-
-# The shipped model, next to the packages (the same default as ``abn serve --model``).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
 
 
 class Settings(BaseSettings):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +14,18 @@ from service.model import ServedModel
 from service.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Inference in these tests runs on one intra-op thread: the tiny model gains nothing from
+    more, and on a small shared CI box more threads only wait on each other. Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def served_model(tiny_model_dir: Path) -> ServedModel:
-    torch.set_num_threads(1)  # the CI box is small and shared; small batches gain nothing
     return ServedModel.load(tiny_model_dir, "cpu")
 
 

@@ -231,6 +231,10 @@ def test_classify_answers_as_the_contract_says(
                     "/classify", content=png(1), headers={**PNG, "X-Request-ID": bad}
                 )
                 assert_error(r, 422, "invalid_request_id")
+            text = (await client.get("/metrics")).text
+            assert (
+                Scrape(text).value("abn_requests_total", route="/classify", status_code="422") == 3
+            )
 
             # no budget: the dearest configuration's cost; suffixes; above the maximum
             r = await client.post("/classify", content=png(2), headers=PNG)

@@ -294,7 +294,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
         tmp_path / "sigterm.log",
         max_batch_size=1,
         max_queue_size=1000,
-        shutdown_delay_seconds=2.0,  # keep the port open a while so late requests get a 503
+        shutdown_delay_seconds=3.0,  # keep the port open a while so late requests get a 503
     )
     seen = server.wait_ready()
     assert set(seen) <= {200, 503} and seen[-1] == 200
@@ -343,7 +343,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
     log = server.log()
     server.stop()
     assert rc == 0, log
-    assert 2.0 <= exited_after < 15, exited_after
+    assert 3.0 <= exited_after < 20, exited_after
     assert "Traceback" not in log, log
 
 
