@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from abn.errors import UnknownBitWidthError
-from abn.quant import SwitchableActivationQuantizer, SwitchableWeightQuantizer
+from abn.quant import (
+    MaxAbsWeightQuantizer,
+    SwitchableActivationQuantizer,
+    SwitchableWeightQuantizer,
+)
 
 FIXED_BITS = 8  # stem and classifier, unless a spec says otherwise (the FP32 reference)
 
@@ -137,11 +141,11 @@ class FixedConvBN(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-        self.weight_quantizer = SwitchableWeightQuantizer(self.weight, (bits,))
+        self.weight_quantizer = MaxAbsWeightQuantizer(bits)
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wq = self.weight_quantizer(self.weight, self.bits)
+        wq = self.weight_quantizer(self.weight)
         return F.relu(self.bn(F.conv2d(x, wq, None, self.stride, self.padding)))
 
 
@@ -155,12 +159,12 @@ class FixedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.normal_(self.weight, std=0.01)
         self.bias = nn.Parameter(torch.zeros(out_features))
-        self.weight_quantizer = SwitchableWeightQuantizer(self.weight, (bits,))
+        self.weight_quantizer = MaxAbsWeightQuantizer(bits)
         self.act_quantizer = SwitchableActivationQuantizer((bits,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.act_quantizer(x, self.bits)
-        return F.linear(xq, self.weight_quantizer(self.weight, self.bits), self.bias)
+        return F.linear(xq, self.weight_quantizer(self.weight), self.bias)
 
 
 def run_grouped(

@@ -111,6 +111,25 @@ class SwitchableWeightQuantizer(nn.Module):
         return lsq_quantize(weight, self.steps[str(bits)].abs() + 1e-8, low, high)
 
 
+class MaxAbsWeightQuantizer(nn.Module):
+    """Fixed-width symmetric quantizer whose step is ``max|w| / (2**(b-1) - 1)``: for the 8-bit
+    stem and classifier, where a learned step buys nothing and, on the classifier's tiny weights
+    at a high learning rate, was seen to diverge (step 0.0014 -> 3.4 within two epochs)."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.bits >= FULL_PRECISION:
+            return weight
+        low, high = signed_levels(self.bits)
+        step = weight.detach().abs().max().clamp_min(1e-8) / high
+        if not torch.is_grad_enabled() or not weight.requires_grad:
+            return torch.clamp(weight / step, low, high).round_().mul_(step)
+        return round_ste(torch.clamp(weight / step, low, high)) * step
+
+
 class SwitchableActivationQuantizer(nn.Module):
     """Quantizes a non-negative activation with one learned clipping level per width (S-CL).
 

@@ -188,7 +188,7 @@ def test_fixed_layers_run_at_eight_bits(monkeypatch: pytest.MonkeyPatch) -> None
         classifier.weight.normal_()
     x = F.relu(torch.randn(5, 64) * 3)
     xq = classifier.act_quantizer(x, 8).detach()
-    wq = classifier.weight_quantizer(classifier.weight, 8).detach()
+    wq = classifier.weight_quantizer(classifier.weight).detach()
     assert torch.unique(xq).numel() <= 256 and torch.unique(wq).numel() <= 256
     with torch.no_grad():
         assert torch.allclose(classifier(x), F.linear(xq, wq, classifier.bias), atol=1e-6)
