@@ -215,19 +215,21 @@ class BatchingEngine:
         if self.metrics is not None:
             for job in jobs:
                 self.metrics.queue_duration.observe(started - job.enqueued)
-        images = torch.stack([job.image for job in jobs])
-        budgets = torch.tensor([job.budget for job in jobs], dtype=torch.float64)
-        pinned = None
-        if any(job.pinned is not None for job in jobs):
-            zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
-            pinned = torch.tensor([job.pinned or zeros for job in jobs], dtype=torch.long)
         self._running = len(jobs)
         clock = time.perf_counter()
         try:
+            images = torch.stack([job.image for job in jobs])
+            budgets = torch.tensor([job.budget for job in jobs], dtype=torch.float64)
+            pinned = None
+            if any(job.pinned is not None for job in jobs):
+                zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
+                pinned = torch.tensor([job.pinned or zeros for job in jobs], dtype=torch.long)
             out = await loop.run_in_executor(
                 self._executor, self.model.infer, images, budgets, pinned
             )
-        except Exception as err:  # a model failure must not kill the batcher
+            widths = out.widths.tolist()
+            bitops = out.bitops.tolist()
+        except Exception as err:  # a failing batch must not kill the batcher
             log.exception("inference failed for a batch of %d", len(jobs))
             for job in jobs:
                 self._finish(job, InferenceFailed(f"inference failed: {type(err).__name__}"))
@@ -238,8 +240,6 @@ class BatchingEngine:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         if self.metrics is not None:
             self.metrics.batch_done(len(jobs), seconds)
-        widths = out.widths.tolist()
-        bitops = out.bitops.tolist()
         for i, job in enumerate(jobs):
             self._finish(job, Answer(out.probabilities[i], widths[i], bitops[i], len(jobs)))
 
