@@ -28,7 +28,7 @@ def predictions(
     data: ImageSet,
     input_spec: InputSpec,
     config: Sequence[int],
-    batch_size: int = 1000,
+    batch_size: int = 500,
 ) -> torch.Tensor:
     """Predicted labels of every image of ``data`` at one configuration, in eval mode."""
     was_training = net.training
@@ -55,7 +55,7 @@ def adaptive_accuracy(
     data: ImageSet,
     input_spec: InputSpec,
     budget: float,
-    batch_size: int = 1000,
+    batch_size: int = 500,
 ) -> dict:
     """Accuracy, mean BitOps and budget violations of the policy at one budget."""
     device = next(net.parameters()).device
@@ -305,6 +305,7 @@ class EvaluateOptions:
     random_configs: int = 100
     budgets: int = 10
     search: bool = True
+    search_images: int = 2000  # validation images scored per candidate in the search
     update_manifest: bool = True
     device: str = "cpu"
 
@@ -355,7 +356,7 @@ def evaluate_model(opts: EvaluateOptions) -> dict:
         }
     static_all = list(report["static_uniform"])
     if opts.search and len(net.bit_candidates) > 1:
-        path = greedy_static_search(net, table, val, spec)
+        path = greedy_static_search(net, table, val.subset(slice(0, opts.search_images)), spec)
         for p in tqdm(path, desc="searched configs on test", mininterval=2.0):
             p["accuracy"] = static_accuracy(net, test, spec, p["bit_widths"])
         report["static_mixed"] = path
