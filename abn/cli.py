@@ -1,4 +1,8 @@
-"""The ``abn`` command: ``serve``, ``train supernet``, ``train policy``, ``evaluate``."""
+"""The library's commands: ``train supernet``, ``train policy``, ``evaluate``.
+
+The ``abn`` console script (``commands/abn.py``) adds ``serve`` on top; ``python -m abn.cli``
+runs these alone (as ``torchrun`` does for distributed training).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
+from abn.store import DEFAULT_MODEL_DIR
+
+__all__ = ["DEFAULT_MODEL_DIR", "add_library_commands", "build_parser", "main", "run"]
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -34,22 +40,10 @@ def _config_from(cls: type, args: argparse.Namespace) -> object:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_library_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``evaluate`` to a parser's sub-commands."""
     from abn.train.policy import PolicyTrainConfig
     from abn.train.supernet import SupernetTrainConfig
-
-    parser = argparse.ArgumentParser(prog="abn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="serve a model directory over HTTP")
-    serve.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help=f"model directory (default: ABN_MODEL_DIR or {DEFAULT_MODEL_DIR})",
-    )
-    serve.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(
         dest="stage", required=True
@@ -85,17 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the accuracy tables into the manifest",
     )
     evaluate.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abn", description=__doc__)
+    add_library_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        # The one place abn/ reaches into service/: the console script's entry point. The
-        # library itself never imports the service.
-        from service.server import run_from_cli
+    return run(build_parser().parse_args(argv))
 
-        return run_from_cli(model=args.model, host=args.host, port=args.port)
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``train`` or ``evaluate`` command."""
     if args.command == "train" and args.stage == "supernet":
         from abn.train.supernet import SupernetTrainConfig, train_supernet
 
@@ -111,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         evaluate_model(EvaluateOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
         return 0
-    print(f"abn {args.command}: not implemented yet in this version", file=sys.stderr)
-    return 2
+    raise ValueError(f"not a library command: {args.command}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from abn.policy import PolicySpec, WidthPolicy
 from abn.preprocess import InputSpec
 from abn.supernet import ResNetSpec, Supernet
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
 MANIFEST = "manifest.json"
 SUPERNET_FILE = "supernet.safetensors"
 POLICY_FILE = "policy.safetensors"

@@ -174,7 +174,8 @@ class ServiceMetrics:
         assert self.budget is not None and self.used is not None and self.layer_bits is not None
         self.budget.observe(budget)
         self.used.observe(bitops)
-        self.utilization.observe(min(max(bitops / budget, 0.0), 1.0))
+        # Not capped at 1: a violation must land in the +Inf bucket where the alert sees it.
+        self.utilization.observe(max(bitops / budget, 0.0))
         for layer, bits in zip(layer_names, widths, strict=True):
             self.layer_bits.labels(layer=layer, bits=str(bits)).inc()
         self.prediction_confidence.observe(confidence)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from abn.cli import DEFAULT_MODEL_DIR  # the shipped model; one default for CLI and service
+from abn.store import DEFAULT_MODEL_DIR  # the shipped model; one default for CLI and service
 from service.budget import BudgetSyntaxError, parse_budget_number
 
 

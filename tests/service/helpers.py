@@ -142,9 +142,9 @@ def free_port() -> int:
 
 
 def abn_command() -> list[str]:
-    """The installed ``abn`` console script next to this interpreter, else ``-m abn.cli``."""
+    """The installed ``abn`` console script next to this interpreter, else ``-m commands.abn``."""
     script = Path(sys.executable).parent / "abn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "abn.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "commands.abn"]
 
 
 class ServerProcess:

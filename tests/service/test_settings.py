@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 import service.server
-from abn.cli import DEFAULT_MODEL_DIR, main
+from abn.store import DEFAULT_MODEL_DIR
+from commands.abn import main
 from service.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

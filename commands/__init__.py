@@ -1,0 +1,1 @@
+"""Console entry points that join the library (``abn``) and the service (``service``)."""
