@@ -1,0 +1,69 @@
+"""Stage 2 through its public entry point: a few steps on tiny data, saved into the model dir."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from abn.bitops import cost_table
+from abn.policy import check_budgets, rollout
+from abn.store import open_model_dir
+from abn.train.policy import PolicyTrainConfig, policy_loss, sample_budgets, train_policy
+
+
+def test_training_a_few_steps_saves_a_loadable_verified_policy(
+    tiny_model_dir: Path, tiny_fmnist_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    before = open_model_dir(model).manifest["files"]["policy.safetensors"]["sha256"]
+    cfg = PolicyTrainConfig(
+        model=str(model),
+        data_dir=str(tiny_fmnist_dir),
+        steps=4,
+        batch_size=8,
+        samples_per_image=2,
+        checkpoint_every=2,
+        checkpoints=str(tmp_path / "ckpt"),
+        device="cpu",
+    )
+    train_policy(cfg)
+    md = open_model_dir(model)  # the sha256 of the new policy file is verified here
+    assert md.manifest["files"]["policy.safetensors"]["sha256"] != before
+    info = md.manifest["policy"]
+    assert info["flops_fraction_of_network_macs"] < 0.01
+    assert [h["step"] for h in info["training"]["history"]] == [2, 4]
+    policy = md.load_policy()
+    net = md.load_supernet()
+    table = cost_table(net)
+    budgets = torch.full((3,), table.min_bitops * 1.5, dtype=torch.float64)
+    with torch.no_grad():
+        r = rollout(net, table, torch.randn(3, 1, 28, 28), budgets, policy)
+    assert bool((r.bitops <= budgets).all())
+
+    resumed = PolicyTrainConfig(**{**cfg.__dict__, "steps": 6, "resume": True})
+    train_policy(resumed)
+    history = open_model_dir(model).manifest["policy"]["training"]["history"]
+    assert [h["step"] for h in history] == [2, 4, 6]
+
+
+def test_sampled_budgets_cover_the_feasible_range_and_pass_the_check() -> None:
+    from abn.supernet import build_supernet
+
+    table = cost_table(build_supernet("resnet8_fmnist"))
+    budgets = sample_budgets(table, 2000, torch.Generator().manual_seed(0))
+    check_budgets(table, budgets)
+    assert float(budgets.max()) <= table.max_bitops
+    assert float(budgets.min()) < table.min_bitops * 1.2
+    assert float(budgets.max()) > table.max_bitops * 0.9
+
+
+def test_leave_one_out_baseline_rewards_only_the_better_rollout() -> None:
+    log_prob = torch.zeros(4, requires_grad=True)
+    reward = torch.tensor([1.0, 0.0, 5.0, 5.0])  # image 1: rollout 0 better; image 2: a tie
+    policy_loss(log_prob, torch.zeros(4), reward, k=2, entropy_weight=0.0).backward()
+    # gradient descent raises the log-probability where the advantage is positive
+    assert log_prob.grad[0] < 0 < log_prob.grad[1]
+    assert log_prob.grad[2] == 0 and log_prob.grad[3] == 0

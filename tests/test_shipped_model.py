@@ -1,0 +1,61 @@
+"""The model that ships in model_store/: intact, and as accurate as its manifest says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abn.bitops import cost_table
+from abn.data import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
+from abn.errors import DatasetNotFoundError
+from abn.evaluate import static_accuracy
+from abn.policy import check_budgets, rollout
+from abn.preprocess import normalize
+from abn.store import DEFAULT_MODEL_DIR, open_model_dir
+
+SAMPLE = 500
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+        pytest.fail(f"the shipped model directory {DEFAULT_MODEL_DIR} is missing")
+    return open_model_dir(DEFAULT_MODEL_DIR)  # verifies every sha256
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    try:
+        return load_fashion_mnist("test").subset(slice(0, SAMPLE))
+    except DatasetNotFoundError:
+        pytest.skip(f"Debian's dataset-fashion-mnist is absent ({DEFAULT_FASHION_MNIST_DIR})")
+
+
+def test_manifest_lists_weights_and_policy_with_hashes(shipped) -> None:
+    files = shipped.manifest["files"]
+    assert set(files) == {"supernet.safetensors", "policy.safetensors"}
+    assert all(len(entry["sha256"]) == 64 for entry in files.values())
+
+
+def test_eight_bit_accuracy_matches_the_manifest(shipped, test_images) -> None:
+    net = shipped.load_supernet().fold_for_inference()
+    eight = [8] * net.num_switchable
+    claimed = next(
+        s["accuracy"] for s in shipped.manifest["accuracy"]["static"] if s["bit_widths"] == eight
+    )
+    measured = static_accuracy(net, test_images, shipped.input_spec, eight)
+    assert abs(measured - claimed) <= 0.015, (measured, claimed)
+
+
+def test_policy_keeps_every_budget_on_real_images(shipped, test_images) -> None:
+    net = shipped.load_supernet().fold_for_inference()
+    policy = shipped.load_policy()
+    table = cost_table(net)
+    x = normalize(test_images.images, shipped.input_spec)
+    gen = torch.Generator().manual_seed(0)
+    span = table.max_bitops - table.min_bitops
+    budgets = table.min_bitops + torch.rand(SAMPLE, generator=gen, dtype=torch.float64) * span
+    check_budgets(table, budgets)
+    with torch.no_grad():
+        r = rollout(net, table, x, budgets, policy)
+    assert bool((r.bitops <= budgets).all())
