@@ -25,6 +25,14 @@ system-deps:
 test-deps:
 	scripts/apt-install.sh $(TEST_APT_PACKAGES)
 
+# The benchmark suite (loadtest/bench.py): writes docs/benchmarks.md (+ docs/benchmarks/), every
+# figure from one run, about 4 minutes on 2 cores. It starts and stops its own servers on free
+# ports. BENCH_MODEL picks the model directory; BENCH_ARGS adds options, e.g. --run-seconds 10.
+BENCH_MODEL ?= model_store/fmnist-abn
+BENCH_ARGS ?=
+bench: venv system-deps
+	$(BIN)/python -m loadtest.bench --model $(BENCH_MODEL) $(BENCH_ARGS)
+
 # Regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their script.
 dashboards: venv
 	$(BIN)/python deploy/grafana/generate_dashboards.py

@@ -1,0 +1,125 @@
+"""Start and stop a real ``abn serve`` for benchmarks and soak runs, and read its memory.
+
+The benchmark measures the server exactly as users run it: its own process (so its resident
+memory is its own, read from ``/proc/<pid>/status``), on a free port, settings passed as
+``ABN_*`` environment variables, stopped with SIGTERM like any deployment. (The test suite has
+the same idea in ``tests/service/helpers.py``; tools do not import tests, hence this module.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from loadtest.machine import proc_status_kib
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def abn_command() -> list[str]:
+    """The ``abn`` console script next to this interpreter, else ``python -m commands.abn``."""
+    script = Path(sys.executable).parent / "abn"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "commands.abn"]
+
+
+class ManagedServer:
+    """``abn serve --model DIR`` on a free port of 127.0.0.1 with ``ABN_<NAME>`` settings.
+
+    Use as a context manager: it starts, waits for ``/readyz`` and stops (SIGTERM, then kill)
+    on exit. ``peak_rss_mib``/``rss_mib`` read ``VmHWM``/``VmRSS`` of the server process.
+    """
+
+    def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
+        self.model_dir = model_dir
+        self.log_path = log_path
+        self.settings = {k: str(v) for k, v in settings.items()}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 180.0) -> ManagedServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
+        env["ABN_LOG_LEVEL"] = "warning"
+        env.update({f"ABN_{k.upper()}": v for k, v in self.settings.items()})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            cmd = [*abn_command(), "serve", "--model", str(self.model_dir)]
+            self.proc = subprocess.Popen(
+                [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready(ready_timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"abn serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"abn serve not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def rss_mib(self) -> float | None:
+        kib = proc_status_kib(self.pid, "VmRSS")
+        return None if kib is None else kib / 1024.0
+
+    def peak_rss_mib(self) -> float | None:
+        kib = proc_status_kib(self.pid, "VmHWM")
+        return None if kib is None else kib / 1024.0
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> ManagedServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
