@@ -45,6 +45,7 @@ RUN python3 -m venv /opt/venv \
 COPY abn ./abn
 COPY service ./service
 COPY loadtest ./loadtest
+COPY commands ./commands
 RUN /opt/venv/bin/pip install --constraint constraints.txt . \
     && /opt/venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 

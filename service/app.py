@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,6 +19,7 @@ from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.model import ServedModel
 from service.routes import router
+from service.schemas import REQUEST_ID_HEADER_DOC
 from service.settings import Settings
 from service.state import Loader, ServiceState, load_from_settings
 
@@ -65,6 +67,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = state
+    app.openapi = _document(app)  # type: ignore[method-assign]
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(
@@ -73,3 +76,27 @@ def create_app(
         known_paths=[getattr(r, "path", "") for r in router.routes],
     )
     return app
+
+
+def _document(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with two facts FastAPI cannot express per route:
+
+    * ``X-Request-ID`` is on every response of every route (the middleware adds it, errors
+      included), so it is declared once here rather than in each route's ``responses``;
+    * the bearer token is optional: it is needed only when the server has ``ABN_API_KEY``
+      (``{}`` in an operation's ``security`` list means "no credentials" is accepted too)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    for response in operation.get("responses", {}).values():
+                        response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID_HEADER_DOC
+                    if operation.get("security") and {} not in operation["security"]:
+                        operation["security"].append({})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Unauthorized
 from service.state import ServiceState, get_state
 
+# Declares the scheme in the OpenAPI document (components.securitySchemes) so clients and
+# generators know the routes take a bearer token. auto_error=False: it never answers by
+# itself; require_api_key below decides, in the service's error shape, and only when a key is
+# configured.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="Authorization: Bearer <key>; required only when the server has ABN_API_KEY",
+)
 
-async def require_api_key(request: Request, state: ServiceState = Depends(get_state)) -> None:
+
+async def require_api_key(
+    request: Request,
+    state: ServiceState = Depends(get_state),
+    _declared: HTTPAuthorizationCredentials | None = Security(BEARER),
+) -> None:
     """FastAPI dependency: 401 unless ``Authorization: Bearer <ABN_API_KEY>`` (when set)."""
     key = state.settings.api_key
     if key is None:
         return
-    header = request.headers.get("authorization")
+    given = request.headers.getlist("authorization")
+    if len(given) > 1:  # which one counts would depend on the proxy chain: neither does
+        raise Unauthorized("give the Authorization header once: 'Authorization: Bearer <key>'")
+    header = given[0] if given else ""
     if not header:
         raise Unauthorized("this server needs 'Authorization: Bearer <key>'")
     scheme, _, token = header.strip().partition(" ")

@@ -93,11 +93,16 @@ async def read_image_bytes(request: Request, kind: str, limit: int) -> bytes:
     except MultiPartException as err:
         raise InvalidImage(f"the multipart body is malformed: {err.message}") from err
     try:
-        field = form.get(IMAGE_FIELD)
-        if field is None:
+        fields = form.getlist(IMAGE_FIELD)
+        if not fields:
             raise InvalidImage(
                 f"the multipart body has no field '{IMAGE_FIELD}'; put the image file there"
             )
+        if len(fields) > 1:  # which one was meant? Refused rather than silently picked
+            raise InvalidImage(
+                f"the multipart body has {len(fields)} fields '{IMAGE_FIELD}'; send exactly one"
+            )
+        field = fields[0]
         if not isinstance(field, UploadFile):
             raise InvalidImage(f"the multipart field '{IMAGE_FIELD}' must be a file, not text")
         return await field.read()

@@ -17,7 +17,8 @@ How a request travels::
   grouped by width), so the event loop keeps accepting and answering while the model works,
   and only one batch uses the model at a time.
 * Results go back through each job's future, on the event loop.
-* :meth:`drain` stops accepting, lets queued and running jobs finish, then stops the batcher.
+* :meth:`drain` stops accepting, lets queued and running jobs finish, then stops the batcher;
+  :meth:`abandon_queued` answers what is still queued with 503 when the shutdown grace ends.
 """
 
 from __future__ import annotations
@@ -126,6 +127,19 @@ class BatchingEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def abandon_queued(self, reason: str) -> int:
+        """Answer every job still waiting with 503 now, and accept no more; returns how many.
+
+        For the end of the shutdown grace: the HTTP server is about to cancel the requests
+        still open; answered now, queued requests get a proper 503 while their connections are
+        still there. The batch already in the model (milliseconds) finishes normally."""
+        self.stop_accepting()
+        abandoned = 0
+        while self._queue:
+            self._finish(self._queue.popleft(), ShuttingDown(reason))
+            abandoned += 1
+        return abandoned
 
     # -- submitting -------------------------------------------------------------------------
     def submit(

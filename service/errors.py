@@ -128,6 +128,14 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's own 400, raised when a JSON body is not even text (e.g. not UTF-8): the
+        # only HTTPException(400) this app can see. It is the same failure as malformed JSON,
+        # which FastAPI answers 422, so it is answered as one (and the OpenAPI document, which
+        # declares 422 for a body that does not validate, stays true).
+        return error_response(
+            422, "invalid_request", "the request body cannot be parsed: send JSON in UTF-8"
+        )
     error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, error_type, str(exc.detail), exc.headers)
 

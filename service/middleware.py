@@ -3,12 +3,14 @@
 A plain ASGI middleware (not ``BaseHTTPMiddleware``) so it adds no task or body copy per
 request. It sees every response, errors included, which is what makes ``X-Request-ID`` and
 ``abn_requests_total`` cover every request. It is also the last line of defence: an exception
-that escapes the app is answered here as a JSON 500 in the contract's error shape.
+that escapes the app is answered here as a JSON 500 in the contract's error shape, and a request
+cancelled by the server at the end of the shutdown grace as a JSON 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -91,6 +93,20 @@ class RequestContextMiddleware:
                 )
             else:
                 await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still open when the shutdown grace runs out and
+            # would answer them with a plain-text 500: answer in the contract's shape instead.
+            if not started:
+                status = 503
+                with contextlib.suppress(Exception):
+                    await _send_error(
+                        send_with_id,
+                        503,
+                        "shutting_down",
+                        "the server shut down before this request finished; retry on another "
+                        "instance",
+                    )
+            raise
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:

@@ -28,6 +28,7 @@ from service.engine import Answer
 from service.errors import DeadlineExceeded, ServiceError, Unprocessable
 from service.middleware import ARRIVAL_KEY, REQUEST_ID_KEY
 from service.schemas import (
+    RETRY_AFTER_DOC,
     ClassifyResponse,
     FeedbackRequest,
     FeedbackResponse,
@@ -65,11 +66,10 @@ _CLASSIFY_BODY: dict[str, Any] = {
     }
 }
 _CLASSIFY_HEADERS = {
-    name: {"description": text, "schema": {"type": "string"}}
+    name: {"description": text, "required": True, "schema": {"type": "number", "minimum": 0}}
     for name, text in (
-        ("X-Request-ID", "the request id, echoed or generated"),
-        ("X-BitOps-Used", "BitOps this image cost"),
-        ("X-BitOps-Budget", "the budget that applied"),
+        ("X-BitOps-Used", "BitOps this image cost (= bitops)"),
+        ("X-BitOps-Budget", "the budget that applied (= budget)"),
     )
 }
 
@@ -223,7 +223,11 @@ def _readiness(state: ServiceState) -> JSONResponse | Readiness:
 
 
 _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"model": NotReadyBody, "description": "loading, warming, draining, or failed to load"}
+    503: {
+        "model": NotReadyBody,
+        "description": "loading, warming, draining, or failed to load",
+        "headers": {"Retry-After": RETRY_AFTER_DOC},
+    }
 }
 
 

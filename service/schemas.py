@@ -125,8 +125,21 @@ class FeedbackResponse(BaseModel):
     outcome: Literal["correct", "incorrect"]
 
 
+REQUEST_ID_HEADER_DOC: dict[str, Any] = {
+    "description": "the request id: the client's X-Request-ID, or one generated",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+RETRY_AFTER_DOC: dict[str, Any] = {
+    "description": "seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer."""
+    """OpenAPI entries for the error statuses a route can answer, with the headers they carry
+    (``X-Request-ID``, on every response of every route, is added by
+    :func:`service.app.create_app`)."""
     meaning = {
         400: "the body is not a decodable image (or the multipart has no 'image')",
         401: "ABN_API_KEY is set and the bearer token is missing or wrong",
@@ -136,15 +149,24 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "unsupported Content-Type",
         422: "invalid header or body (budget, bit-widths, request id, label)",
         429: "the queue is full; see Retry-After",
-        503: "not ready, or shutting down",
+        503: "not ready (Retry-After while loading), or shutting down",
         504: "the request waited past its deadline",
+    }
+    headers: dict[int, dict[str, Any]] = {
+        401: {
+            "WWW-Authenticate": {
+                "description": "the scheme to authenticate with: Bearer",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+        429: {"Retry-After": {**RETRY_AFTER_DOC, "required": True}},
+        503: {"Retry-After": RETRY_AFTER_DOC},
     }
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": ErrorBody, "description": meaning[code]}
-        if code == 429:
-            entry["headers"] = {
-                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
-            }
+        if code in headers:
+            entry["headers"] = headers[code]
         out[code] = entry
     return out

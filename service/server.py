@@ -7,13 +7,17 @@ SIGTERM / SIGINT: readiness goes 503 and new requests are refused with 503 at on
 signal handler, before uvicorn starts its own shutdown); after ``ABN_SHUTDOWN_DELAY_SECONDS``
 (default 0: at once) uvicorn closes the listener, waits for in-flight requests (queued ones
 included) up to ``ABN_SHUTDOWN_TIMEOUT_SECONDS``, and the lifespan drains the engine. The
-process then exits with status 0. A second signal during the delay ends the delay.
+process then exits with status 0. A second signal during the delay ends the delay. Requests
+still queued when that grace is about to run out are answered 503 (``shutting_down``) rather
+than cut off; one still open when it has run out is answered 503 by the middleware.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,12 +37,19 @@ class DrainingServer(uvicorn.Server):
     """A uvicorn server that flips the app to draining the moment a signal arrives."""
 
     def __init__(
-        self, config: uvicorn.Config, on_signal: Callable[[], None], delay_seconds: float = 0.0
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        delay_seconds: float = 0.0,
+        on_grace_ending: Callable[[], None] | None = None,
+        grace_seconds: float | None = None,
     ) -> None:
         super().__init__(config)
         self._on_signal = on_signal
         self._delay = delay_seconds
         self._exit_at: float | None = None
+        self._on_grace_ending = on_grace_ending
+        self._grace = grace_seconds
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not super(): uvicorn would re-raise the signal after a clean shutdown, turning a
@@ -50,6 +61,23 @@ class DrainingServer(uvicorn.Server):
             self._exit_at = time.monotonic() + self._delay  # on_tick ends the delay
         else:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, plus a call to ``on_grace_ending`` shortly before its grace for
+        in-flight requests runs out. uvicorn then cancels what is still open, and a cancelled
+        request would be answered with a plain-text 500; this way queued requests get the
+        contract's 503 (``shutting_down``) while their connections are still open."""
+        handle = None
+        if self._on_grace_ending is not None and self._grace is not None:
+            margin = min(0.5, self._grace / 4)
+            handle = asyncio.get_running_loop().call_later(
+                max(0.0, self._grace - margin), self._on_grace_ending
+            )
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if handle is not None:
+                handle.cancel()
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
@@ -90,6 +118,8 @@ def serve(settings: Settings) -> int:
         config,
         on_signal=app.state.service.begin_draining,
         delay_seconds=settings.shutdown_delay_seconds,
+        on_grace_ending=app.state.service.abandon_queued,
+        grace_seconds=settings.shutdown_timeout_seconds,
     )
     server.run()
     if fatal:

@@ -115,6 +115,17 @@ class ServiceState:
         if self.engine is not None:
             self.engine.stop_accepting()
 
+    def abandon_queued(self) -> None:
+        """The shutdown grace is ending: answer requests still queued with 503 now, while
+        their connections are open (see :meth:`BatchingEngine.abandon_queued`)."""
+        self.begin_draining()
+        if self.engine is not None:
+            count = self.engine.abandon_queued(
+                "the server shut down before this request could run; retry on another instance"
+            )
+            if count:
+                log.warning("shutdown grace ending: %d queued request(s) answered 503", count)
+
     async def shutdown(self) -> None:
         self.begin_draining()
         if self.engine is not None:
