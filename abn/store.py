@@ -49,6 +49,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a container's non-root user must read it
     os.replace(tmp, path)
 
 
