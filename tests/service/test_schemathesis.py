@@ -20,6 +20,7 @@ and the stateful checks (the API creates no resources).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,10 +107,23 @@ def api_schema(run: Run, served_model: ServedModel, tiny_model_dir: Path) -> Ite
         else create_app(settings_, loader=never_ready)
     )
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        if run.ready:
+            wait_until_ready(schema)
+        yield schema
     finally:
         release.set()
         asgi.shutdown_lifespans()  # schemathesis' pytest plugin does it too; twice is harmless
+
+
+def wait_until_ready(schema: BaseSchema, timeout: float = 60.0) -> None:
+    """Warm-up runs in the background after start-up; on a cold, busy machine the first
+    generated requests would otherwise meet an honest 503 'warming' and fail the run."""
+    readyz = schema["/readyz"]["GET"]
+    deadline = time.monotonic() + timeout
+    while readyz.Case().call().status_code != 200:
+        assert time.monotonic() < deadline, "the app did not become ready"
+        time.sleep(0.05)
 
 
 def fuzz(
