@@ -72,13 +72,16 @@ class CostTable:
         b = max(self.bit_candidates)
         return self.cost([b] * len(self.layer_macs))
 
-    def min_remaining(self) -> list[float]:
-        """Cheapest cost of layers ``i..L-1`` for each ``i`` (and 0 after the last)."""
-        b = min(self.bit_candidates)
+    def remaining(self, bits: int) -> list[float]:
+        """Cost of layers ``i..L-1`` all at ``bits``, for each ``i`` (and 0 after the last)."""
         tail = [0.0]
         for m in reversed(self.layer_macs):
-            tail.append(tail[-1] + m * b * b)
+            tail.append(tail[-1] + m * bits * bits)
         return list(reversed(tail))
+
+    def min_remaining(self) -> list[float]:
+        """Cheapest cost of layers ``i..L-1`` for each ``i`` (and 0 after the last)."""
+        return self.remaining(min(self.bit_candidates))
 
     def to_dict(self) -> dict:
         return {

@@ -46,16 +46,10 @@ class BudgetTracker:
         self.budgets = budgets.double()
         self.spent = torch.full_like(self.budgets, table.fixed_bitops)
         self._min_rem = table.min_remaining()
-        self._max_rem = self._remaining(max(table.bit_candidates))
+        self._max_rem = table.remaining(max(table.bit_candidates))
         self._bits = torch.tensor(
             table.bit_candidates, dtype=torch.float64, device=self.budgets.device
         )
-
-    def _remaining(self, bits: int) -> list[float]:
-        tail = [0.0]
-        for m in reversed(self.table.layer_macs):
-            tail.append(tail[-1] + m * bits * bits)
-        return list(reversed(tail))
 
     def feasible(self, index: int) -> torch.Tensor:
         """``(N, K)`` bool: widths that leave the layers after ``index`` able to fit."""

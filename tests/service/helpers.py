@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -202,3 +202,21 @@ class ServerProcess:
             self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running_servers(
+    model_dir: Path, logs: Path, specs: dict[str, dict]
+) -> Iterator[dict[str, ServerProcess]]:
+    """Start one real ``abn serve`` per spec (settings overrides), wait until all are ready,
+    and on exit stop them all and require a clean exit (status 0), showing logs otherwise."""
+    started = {
+        name: ServerProcess(model_dir, logs / f"{name}.log", **kw) for name, kw in specs.items()
+    }
+    try:
+        for server in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        codes = {name: server.stop() for name, server in started.items()}
+    assert codes == {name: 0 for name in started}, {n: s.log() for n, s in started.items()}

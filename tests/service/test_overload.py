@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .helpers import Scrape, ServerProcess, png
+from .helpers import Scrape, ServerProcess, png, running_servers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,17 +56,8 @@ def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             "request_timeout_seconds": LATE_TIMEOUT,
         },
     }
-    started = {
-        name: ServerProcess(tiny_model_dir, logs / f"{name}.log", **kw)
-        for name, kw in specs.items()
-    }
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with running_servers(tiny_model_dir, logs, specs) as started:
         yield started
-    finally:
-        codes = {name: server.stop() for name, server in started.items()}
-    assert codes == {name: 0 for name in started}, {n: s.log() for n, s in started.items()}
 
 
 def scrape(server: ServerProcess) -> Scrape:

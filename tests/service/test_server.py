@@ -22,7 +22,16 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import Scrape, ServerProcess, abn_command, encode, free_port, png, png_header_only
+from .helpers import (
+    Scrape,
+    ServerProcess,
+    abn_command,
+    encode,
+    free_port,
+    png,
+    png_header_only,
+    running_servers,
+)
 
 pytestmark = pytest.mark.timeout(180)  # a hang fails fast, not after 10 minutes
 
@@ -46,17 +55,8 @@ def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         },
         "timeout": {"request_timeout_seconds": 0.000001},
     }
-    started = {
-        name: ServerProcess(tiny_model_dir, logs / f"{name}.log", **kw)
-        for name, kw in specs.items()
-    }
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with running_servers(tiny_model_dir, logs, specs) as started:
         yield started
-    finally:
-        codes = {name: server.stop() for name, server in started.items()}
-    assert codes == {name: 0 for name in started}, {n: s.log() for n, s in started.items()}
 
 
 def card(server: ServerProcess) -> dict:
