@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budgets",
         default=DEFAULT_BUDGETS,
         help="budget mix: a list (25M,50M,max; tokens: number with K/M/G, min, max, P%% of the "
-        f"model's range, none) or uniform:LO:HI / loguniform:LO:HI (default {DEFAULT_BUDGETS})",
+        "model's range, none) or uniform:LO:HI / loguniform:LO:HI "
+        f"(default {DEFAULT_BUDGETS.replace('%', '%%')})",
     )
     p.add_argument("--budget-bins", type=int, default=5, help="report bins for a distribution")
     p.add_argument(
