@@ -44,7 +44,11 @@ def predictions(
 def static_accuracy(
     net: Supernet, data: ImageSet, input_spec: InputSpec, config: Sequence[int]
 ) -> float:
-    return float((predictions(net, data, input_spec, config) == data.labels).float().mean())
+    # An exact fraction (correct / total), as adaptive_accuracy computes it: a float32 mean
+    # would make an equal accuracy compare as lower (0.9083999991 < 0.9084) and report a
+    # BitOps saving against a dearer configuration.
+    correct = int((predictions(net, data, input_spec, config) == data.labels).sum())
+    return correct / len(data)
 
 
 @torch.no_grad()

@@ -45,6 +45,22 @@ class BitSpecificBatchNorm2d(nn.Module):
         return self.norm_for(bits)(x)
 
 
+def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv weight and bias equal to conv-then-BN in eval mode (BN is affine per channel)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return (
+        (weight * scale.view(-1, 1, 1, 1)).contiguous(),
+        (bn.bias - bn.running_mean * scale).contiguous(),
+    )
+
+
+def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
+    """Inference-only activation quantizer with a precomputed step (see ``step_for``)."""
+    if high == 0:  # full precision
+        return x
+    return torch.clamp(x / step, 0, high).round_().mul_(step)
+
+
 class SwitchableConvBN(nn.Module):
     """Conv2d + Bit-Specific BN whose weights and input activations are quantized to ``bits``.
 
@@ -92,25 +108,25 @@ class SwitchableConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         bits = self.check_bits(bits)
-        xq = self.act_quantizer(x, bits)
         if self._folded is not None and not self.training:
-            weight, bias = self._folded[bits]
+            weight, bias, step, high = self._folded[bits]
+            xq = quantize_unsigned(x, step, high)
             return F.conv2d(xq, weight, bias, self.stride, self.padding)
+        xq = self.act_quantizer(x, bits)
         wq = self.weight_quantizer(self.weight, bits)
         return self.bn(F.conv2d(xq, wq, None, self.stride, self.padding), bits)
 
     @torch.no_grad()
     def fold_for_inference(self) -> None:
-        """Cache, per width, the quantized weight with that width's eval-mode BN folded in."""
+        """Cache, per width, the quantized weight with that width's eval-mode BN folded in, and
+        the activation step as a Python number: a request then pays three elementwise ops and
+        one conv per layer, instead of recomputing the step from its parameter every call."""
         folded = {}
         for bits in self.bit_candidates:
             wq = self.weight_quantizer(self.weight, bits)
-            bn = self.bn.norm_for(bits)
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            folded[bits] = (
-                (wq * scale.view(-1, 1, 1, 1)).contiguous(),
-                (bn.bias - bn.running_mean * scale).contiguous(),
-            )
+            weight, bias = fold_batch_norm(wq, self.bn.norm_for(bits))
+            step, high = self.act_quantizer.step_for(bits)
+            folded[bits] = (weight, bias, step, high)
         self._folded = folded
 
     def unfold(self) -> None:
@@ -143,10 +159,23 @@ class FixedConvBN(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.weight_quantizer = MaxAbsWeightQuantizer(bits)
         self.bn = nn.BatchNorm2d(out_channels)
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._folded is not None and not self.training:
+            weight, bias = self._folded
+            return F.relu(F.conv2d(x, weight, bias, self.stride, self.padding))
         wq = self.weight_quantizer(self.weight)
         return F.relu(self.bn(F.conv2d(x, wq, None, self.stride, self.padding)))
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        self._folded = fold_batch_norm(self.weight_quantizer(self.weight), self.bn)
+
+    def train(self, mode: bool = True) -> FixedConvBN:
+        if mode:
+            self._folded = None
+        return super().train(mode)
 
 
 class FixedLinear(nn.Module):
@@ -161,10 +190,24 @@ class FixedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
         self.weight_quantizer = MaxAbsWeightQuantizer(bits)
         self.act_quantizer = SwitchableActivationQuantizer((bits,))
+        self._folded: tuple[torch.Tensor, float, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._folded is not None and not self.training:
+            weight, step, high = self._folded
+            return F.linear(quantize_unsigned(x, step, high), weight, self.bias)
         xq = self.act_quantizer(x, self.bits)
         return F.linear(xq, self.weight_quantizer(self.weight), self.bias)
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        step, high = self.act_quantizer.step_for(self.bits)
+        self._folded = (self.weight_quantizer(self.weight).contiguous(), step, high)
+
+    def train(self, mode: bool = True) -> FixedLinear:
+        if mode:
+            self._folded = None
+        return super().train(mode)
 
 
 def run_grouped(
@@ -185,14 +228,17 @@ def run_grouped(
             f"per-sample widths must have one entry per sample: got shape "
             f"{tuple(widths.shape)} for a batch of {x.shape[0]}"
         )
-    widths = widths.to(device=x.device)
-    values = torch.unique(widths).tolist()
-    if len(values) == 1:
-        return layer(x, int(values[0]))
+    # One transfer of the widths to the host, then grouping in Python: for the batch sizes a
+    # server sees this is several times cheaper than unique + nonzero per width on the device.
+    groups: dict[int, list[int]] = {}
+    for i, bits in enumerate(widths.tolist()):
+        groups.setdefault(int(bits), []).append(i)
+    if len(groups) == 1:
+        return layer(x, next(iter(groups)))
     out: torch.Tensor | None = None
-    for bits in values:
-        index = torch.nonzero(widths == bits, as_tuple=True)[0]
-        part = layer(x.index_select(0, index), int(bits))
+    for bits in sorted(groups):
+        index = torch.tensor(groups[bits], device=x.device)
+        part = layer(x.index_select(0, index), bits)
         if out is None:
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out.index_copy_(0, index, part)

@@ -39,42 +39,64 @@ def pooled_features(activation: torch.Tensor) -> torch.Tensor:
 
 
 class BudgetTracker:
-    """Per-sample budget bookkeeping along one forward pass, in float64 (exact for integers)."""
+    """Per-sample budget bookkeeping along one forward pass, in float64 (exact for integers).
+
+    Every per-layer constant is precomputed here, so each decision costs a handful of tensor
+    ops whatever the depth: at serving batch sizes, op count, not arithmetic, is the cost.
+    """
 
     def __init__(self, table: CostTable, budgets: torch.Tensor) -> None:
         self.table = table
         self.budgets = budgets.double()
         self.spent = torch.full_like(self.budgets, table.fixed_bitops)
-        self._min_rem = table.min_remaining()
-        self._max_rem = table.remaining(max(table.bit_candidates))
-        self._bits = torch.tensor(
-            table.bit_candidates, dtype=torch.float64, device=self.budgets.device
-        )
+        device, f64 = self.budgets.device, torch.float64
+        bits = table.bit_candidates
+        min_rem = table.min_remaining()
+        max_rem = table.remaining(max(bits))
+        top = table.max_bitops
+        n = len(table.layer_macs)
+        # feasible(i): spent + cost of width k at layer i + cheapest cost of the layers after i
+        self._cost_then_cheapest = [
+            torch.tensor([macs * b * b + min_rem[i + 1] for b in bits], dtype=f64, device=device)
+            for i, macs in enumerate(table.layer_macs)
+        ]
+        # pay(i, widths): cost looked up by width
+        self._cost_by_width = [
+            torch.tensor([macs * w * w for w in range(max(bits) + 1)], dtype=f64, device=device)
+            for macs in table.layer_macs
+        ]
+        # state(i) = clamp([budget, spent] @ weight + bias_i), one affine map per layer:
+        # slack = (budget - spent - min_rem) / span, spent / top, budget / top, position
+        self._state_weight, self._state_bias = [], []
+        for i in range(n):
+            span = max(max_rem[i] - min_rem[i], 1.0)
+            self._state_weight.append(
+                torch.tensor([[1 / span, 0, 1 / top, 0], [-1 / span, 1 / top, 0, 0]], dtype=f64).to(
+                    device
+                )
+            )
+            self._state_bias.append(
+                torch.tensor(
+                    [-min_rem[i] / span, 0, 0, i / max(1, n - 1)], dtype=f64, device=device
+                )
+            )
+        inf = float("inf")
+        self._state_low = torch.tensor([0.0, -inf, -inf, -inf], dtype=f64, device=device)
+        self._state_high = torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device)
 
     def feasible(self, index: int) -> torch.Tensor:
         """``(N, K)`` bool: widths that leave the layers after ``index`` able to fit."""
-        cost = self.table.layer_macs[index] * self._bits**2  # (K,)
-        after = self.spent[:, None] + cost[None, :] + self._min_rem[index + 1]
+        after = self.spent[:, None] + self._cost_then_cheapest[index][None, :]
         return after <= self.budgets[:, None]
 
     def state(self, index: int) -> torch.Tensor:
         """``(N, 4)`` float: slack fraction, spent and budget as fractions of max, position."""
-        span = max(self._max_rem[index] - self._min_rem[index], 1.0)
-        slack = (self.budgets - self.spent - self._min_rem[index]) / span
-        top = self.table.max_bitops
-        position = torch.full_like(slack, index / max(1, len(self.table.layer_macs) - 1))
-        return torch.stack(
-            [
-                slack.clamp(0.0, 1.5),
-                self.spent / top,
-                (self.budgets / top).clamp(max=1.5),
-                position,
-            ],
-            dim=1,
-        ).float()
+        both = torch.stack([self.budgets, self.spent], dim=1)
+        raw = torch.addmm(self._state_bias[index], both, self._state_weight[index])
+        return raw.clamp(self._state_low, self._state_high).float()
 
     def pay(self, index: int, widths: torch.Tensor) -> None:
-        self.spent = self.spent + self.table.layer_macs[index] * widths.double() ** 2
+        self.spent = self.spent + self._cost_by_width[index][widths.long()]
 
 
 def check_budgets(table: CostTable, budgets: torch.Tensor) -> None:
@@ -188,16 +210,18 @@ def rollout(
     tracker = BudgetTracker(table, budgets)
     bits = torch.tensor(table.bit_candidates, device=x.device)
     free = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    any_free, all_free = True, True
     if pinned is not None:
         pinned = pinned.to(x.device).long()
         free = (pinned == 0).all(dim=1)  # rows of zeros are not pinned: the policy decides
+        any_free, all_free = bool(free.any()), bool(free.all())
     fallback = uniform_fallback(table, budgets).to(x.device) if policy is None else None
     run = net.start(x)
     chosen, log_probs, entropies = [], [], []
     last_act, last_feat = None, None
     while not run.done:
         i = run.layer_index
-        if not bool(free.any()):
+        if not any_free:
             widths = pinned[:, i]
         elif fallback is not None:
             widths = fallback
@@ -208,7 +232,9 @@ def rollout(
             scores = policy(i, last_feat, tracker.state(i))
             # a pinned row's pick is discarded; leaving it unmasked keeps a row that is pinned
             # over its budget (all widths infeasible) from turning the distribution into NaN
-            allowed = tracker.feasible(i) | ~free[:, None]
+            allowed = tracker.feasible(i)
+            if not all_free:
+                allowed = allowed | ~free[:, None]
             scores = scores.masked_fill(~allowed, float("-inf"))
             if sample:
                 dist = torch.distributions.Categorical(logits=scores)
@@ -219,7 +245,7 @@ def rollout(
             else:
                 pick = scores.argmax(dim=1)
             widths = bits[pick]
-        if pinned is not None and not bool(free.all()):
+        if any_free and not all_free:
             widths = torch.where(free, widths, pinned[:, i])
         tracker.pay(i, widths)
         chosen.append(widths)

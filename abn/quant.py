@@ -159,6 +159,16 @@ class SwitchableActivationQuantizer(nn.Module):
         key = str(bits) if self.switchable else "shared"
         return self.clip_levels[key].abs() + 1e-8
 
+    @torch.no_grad()
+    def step_for(self, bits: int) -> tuple[float, int]:
+        """``(step, highest level)`` of width ``bits`` as Python numbers, for a frozen network;
+        ``(1.0, 0)`` at full precision, which means "do not quantize". The step is the float32
+        value :meth:`forward` computes, so quantizing with it gives the same result."""
+        if bits >= FULL_PRECISION:
+            return 1.0, 0
+        high = unsigned_levels(bits)[1]
+        return float(self.clip_level(bits) / high), high
+
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         if bits >= FULL_PRECISION:
             return x

@@ -239,9 +239,11 @@ class Supernet(nn.Module):
             if widths.dim() == 0:
                 widths = int(widths.item())
             else:
-                bad = ~torch.isin(widths.cpu(), torch.tensor(allowed))
-                if bool(bad.any()):
-                    raise UnknownBitWidthError(widths.cpu()[bad][0].item(), allowed, where)
+                if widths.is_floating_point() or widths.is_complex():
+                    raise UnknownBitWidthError(widths.flatten()[0].item(), allowed, where)
+                bad = set(widths.tolist()) - set(allowed)
+                if bad:
+                    raise UnknownBitWidthError(min(bad), allowed, where)
                 return widths.long()
         if isinstance(widths, bool):
             raise UnknownBitWidthError(widths, allowed, where)
@@ -299,7 +301,7 @@ class Supernet(nn.Module):
     def fold_for_inference(self) -> Supernet:
         """Eval mode with every width's quantized, BN-folded weights cached (see layers)."""
         self.eval()
-        for layer in self.switchable_layers:
+        for layer in [self.stem, *self.switchable_layers, self.classifier]:
             layer.fold_for_inference()
         return self
 
