@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -62,12 +63,12 @@ class CostTable:
     def layer_cost(self, index: int, bits: int) -> float:
         return float(self.layer_macs[index] * bits * bits)
 
-    @property
+    @cached_property  # read per request by the service: computed once per (immutable) table
     def min_bitops(self) -> float:
         b = min(self.bit_candidates)
         return self.cost([b] * len(self.layer_macs))
 
-    @property
+    @cached_property
     def max_bitops(self) -> float:
         b = max(self.bit_candidates)
         return self.cost([b] * len(self.layer_macs))

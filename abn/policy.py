@@ -17,6 +17,7 @@ budget at or above the cheapest configuration is always met; a budget below it i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,19 +100,27 @@ class BudgetTracker:
         self.spent = self.spent + self._cost_by_width[index][widths.long()]
 
 
-def check_budgets(table: CostTable, budgets: torch.Tensor) -> None:
-    """Refuse non-finite, non-positive and infeasible budgets, stating the feasible range."""
-    if not bool(torch.isfinite(budgets).all()) or bool((budgets <= 0).any()):
+def check_budget(table: CostTable, budget: float) -> None:
+    """Refuse a non-finite, non-positive or infeasible budget, stating the feasible range.
+
+    Plain Python on purpose: the service checks one budget per request on its event loop."""
+    if not math.isfinite(budget) or budget <= 0:
         raise BudgetError(
             "a budget must be a positive finite number", table.min_bitops, table.max_bitops
         )
-    low = float(budgets.min())
-    if low < table.min_bitops:
+    if budget < table.min_bitops:
         raise BudgetError(
-            f"budget {low:.6g} BitOps is below the cheapest configuration",
+            f"budget {budget:.6g} BitOps is below the cheapest configuration",
             table.min_bitops,
             table.max_bitops,
         )
+
+
+def check_budgets(table: CostTable, budgets: torch.Tensor) -> None:
+    """:func:`check_budget` for a tensor of budgets (the first offending one is reported)."""
+    if not bool(torch.isfinite(budgets).all()) or bool((budgets <= 0).any()):
+        check_budget(table, math.nan)
+    check_budget(table, float(budgets.min()))
 
 
 @dataclass(frozen=True)

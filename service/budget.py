@@ -11,11 +11,9 @@ import math
 import re
 from collections.abc import Sequence
 
-import torch
-
 from abn.bitops import CostTable
 from abn.errors import BudgetError, ConfigLengthError, UnknownBitWidthError
-from abn.policy import check_budgets
+from abn.policy import check_budget
 
 SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
 MAX_HEADER_CHARS = 64  # a budget longer than this is not a number anyone means
@@ -67,7 +65,7 @@ def parse_budget_header(values: Sequence[str], table: CostTable) -> float:
         budget = parse_budget_number(values[0])
     except BudgetSyntaxError as err:
         raise BudgetError(f"X-BitOps-Budget: {err}", table.min_bitops, table.max_bitops) from err
-    check_budgets(table, torch.tensor([budget], dtype=torch.float64))
+    check_budget(table, budget)
     return budget
 
 

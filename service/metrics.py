@@ -123,6 +123,7 @@ class ServiceMetrics:
         self.budget: Histogram | None = None
         self.used: Histogram | None = None
         self.layer_bits: Counter | None = None
+        self._layer_bits_children: dict[tuple[str, int], Counter] = {}
 
     def bind_model(
         self,
@@ -147,9 +148,13 @@ class ServiceMetrics:
         self.layer_bits = Counter(
             "abn_layer_bits_total", "chosen width per layer", ["layer", "bits"], registry=r
         )
-        for layer in layer_names:  # every series exists from the start, at 0
-            for bits in bit_candidates:
-                self.layer_bits.labels(layer=layer, bits=str(bits))
+        # Every series exists from the start, at 0; the children are kept so that a request
+        # does not pay a labels() lookup per layer.
+        self._layer_bits_children = {
+            (layer, bits): self.layer_bits.labels(layer=layer, bits=str(bits))
+            for layer in layer_names
+            for bits in bit_candidates
+        }
         self.model_info.labels(model_name=name, model_version=version, device=device).set(1)
 
     # -- events -----------------------------------------------------------------------------
@@ -177,7 +182,10 @@ class ServiceMetrics:
         # Not capped at 1: a violation must land in the +Inf bucket where the alert sees it.
         self.utilization.observe(max(bitops / budget, 0.0))
         for layer, bits in zip(layer_names, widths, strict=True):
-            self.layer_bits.labels(layer=layer, bits=str(bits)).inc()
+            child = self._layer_bits_children.get((layer, bits))
+            if child is None:  # not a candidate of the model this registry was made for
+                child = self.layer_bits.labels(layer=layer, bits=str(bits))
+            child.inc()
         self.prediction_confidence.observe(confidence)
         if expected_accuracy is not None:
             self.expected_accuracy.observe(expected_accuracy)
