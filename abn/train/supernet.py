@@ -39,7 +39,7 @@ from abn.data import (
 from abn.evaluate import static_accuracy
 from abn.preprocess import InputSpec, normalize
 from abn.quant import FULL_PRECISION
-from abn.store import ModelCard, save_model_dir
+from abn.store import ModelCard, open_model_dir, save_model_dir
 from abn.supernet import ResNetSpec, Supernet, architecture
 from abn.train.common import (
     DistContext,
@@ -78,6 +78,9 @@ class SupernetTrainConfig:
     shared_bn: bool = False  # ablation: one BN for all widths
     shared_clipping: bool = False  # ablation: one activation clip level for all widths
     recalibrate_bn: bool = False
+    # Fine-tuning: start from the supernet of this model directory (same architecture) instead
+    # of a random initialisation; a run resuming its own checkpoint ignores it.
+    init_from: str | None = None
     resume: bool = False
     checkpoints: str | None = None  # default: runs/<name>
     # After training, every rank writes rank{r}.params.sha256 (see param_digest) to the
@@ -236,7 +239,19 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     start_epoch, history = 0, []
-    if cfg.resume and has_checkpoint(cfg.checkpoint_dir):
+    resuming = cfg.resume and has_checkpoint(cfg.checkpoint_dir)
+    if cfg.init_from and not resuming:
+        start = open_model_dir(cfg.init_from).load_supernet(ctx.device)
+        if start.spec != net.spec:
+            raise ValueError(
+                f"--init-from {cfg.init_from}: its architecture ({start.spec.name}, "
+                f"{start.spec.bit_candidates}) differs from this run's ({net.spec.name}, "
+                f"{net.spec.bit_candidates})"
+            )
+        net.load_state_dict(start.state_dict())
+        if ctx.is_main:
+            print(f"initialised from the supernet of {cfg.init_from}", flush=True)
+    if resuming:
         meta = load_checkpoint(cfg.checkpoint_dir, net, optimizer, ctx.device)
         start_epoch, history = meta["epoch"], meta["history"]
         if ctx.is_main:

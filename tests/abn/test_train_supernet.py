@@ -75,6 +75,28 @@ def test_a_few_steps_lower_the_loss(tiny_fmnist_dir: Path, tmp_path: Path, small
     assert (Path(cfg.checkpoints) / "last.safetensors").is_file()
 
 
+def test_init_from_starts_from_that_model_and_refuses_another_architecture(
+    tiny_fmnist_dir: Path, tmp_path: Path, small_val: None
+) -> None:
+    first = train_supernet(config(tmp_path, tiny_fmnist_dir, "first", seed=1))
+    # lr 0 and no weight decay: the run's weights must be exactly the ones it started from
+    # (BN running statistics still move, so only parameters are compared)
+    tuned = train_supernet(
+        config(tmp_path, tiny_fmnist_dir, "tuned", init_from=str(first), lr=0.0, weight_decay=0.0)
+    )
+    a = dict(open_model_dir(first).load_supernet().named_parameters())
+    b = dict(open_model_dir(tuned).load_supernet().named_parameters())
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = dict(initial_net(config(tmp_path, tiny_fmnist_dir, "x")).named_parameters())
+    assert not all(torch.equal(a[k], fresh[k]) for k in a)  # and not from a fresh init
+
+    with pytest.raises(ValueError, match="architecture"):
+        train_supernet(
+            config(tmp_path, tiny_fmnist_dir, "other", init_from=str(first), bit_candidates=[2, 4])
+        )
+
+
 class Crash(Exception):
     pass
 
