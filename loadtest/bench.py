@@ -33,7 +33,7 @@ import torch
 
 from abn.errors import DatasetNotFoundError
 from abn.store import DEFAULT_MODEL_DIR
-from loadtest.machine import machine_info
+from loadtest.machine import cpu_ms_per_request, machine_info
 from loadtest.offline import OfflineResult, measure, model_range
 from loadtest.plots import plot_report
 from loadtest.report import build_report, runs_table, summarize_run
@@ -163,7 +163,7 @@ class Bench:
         settings = c.server_settings()
         with ManagedServer(c.model, c.log_dir / "batching-on.log", **settings) as server:
             self.results["rss_after_ready_mib"] = server.rss_mib()
-            runs, card, pinned_bits = run_async(self._served_runs(server.url, images))
+            runs, card, pinned_bits = run_async(self._served_runs(server, images))
             self.results["peak_rss_mib"] = server.peak_rss_mib()
         self.results["pinned"] = pinned_bits
         self.reports["batching_on"] = build_report(
@@ -192,11 +192,24 @@ class Bench:
         self.results["half_load"] = summarize_run(runs["half"])
         self.results["pinned_run"] = summarize_run(runs["pinned"])
 
+    async def _measured(
+        self, server: ManagedServer, name: str, client: Any, workload: Workload, cfg: LoadConfig
+    ) -> RunResult:
+        """One load run, with the server's CPU per answered request by thread kept as ``name``."""
+        before = server.thread_cpu_seconds()
+        result = await run_load(client, workload, cfg)
+        after = server.thread_cpu_seconds()
+        ok = summarize_run(result)["ok"]
+        self.results.setdefault("server_cpu_ms_per_request", {})[name] = cpu_ms_per_request(
+            server.pid, before, after, ok
+        )
+        return result
+
     async def _served_runs(
-        self, url: str, images: Images
+        self, server: ManagedServer, images: Images
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         c = self.cfg
-        async with make_client(url, connections=max(256, *c.concurrencies)) as client:
+        async with make_client(server.url, connections=max(256, *c.concurrencies)) as client:
             card = await fetch_card(client)
             mr_budgets = BudgetSpec.parse(c.budgets, _range(card))
             adaptive = Workload(images, mr_budgets, (None,), seed=c.seed)
@@ -204,17 +217,24 @@ class Bench:
             sweep: list[RunResult] = []
             for conc in sorted(set(c.concurrencies) | {32}):
                 config = LoadConfig("closed", concurrency=conc, duration=c.run_seconds)
-                sweep.append(await run_load(client, adaptive, config))
+                name = f"batching on, adaptive, concurrency {conc}"
+                sweep.append(await self._measured(server, name, client, adaptive, config))
             at32 = next(r for r in sweep if r.config.concurrency == 32)
             spent = summarize_run(at32)["bitops"]["mean_used"] or card["max_bitops"]
             bits, cost = nearest_uniform(card, spent)
             pinned = Workload(images, BudgetSpec.parse("none", _range(card)), (str(bits),), c.seed)
-            pinned_run = await run_load(
-                client, pinned, LoadConfig("closed", concurrency=32, duration=c.run_seconds)
+            pinned_run = await self._measured(
+                server,
+                f"batching on, pinned {bits}-bit, concurrency 32",
+                client,
+                pinned,
+                LoadConfig("closed", concurrency=32, duration=c.run_seconds),
             )
             saturation = max(summarize_run(r)["throughput_rps"] for r in sweep)
             half = LoadConfig("open", rate=saturation / 2, duration=c.run_seconds, seed=c.seed)
-            half_run = await run_load(client, adaptive, half)
+            half_run = await self._measured(
+                server, "batching on, adaptive, half load", client, adaptive, half
+            )
         runs = {"sweep": sweep, "pinned": pinned_run, "half": half_run}
         return runs, card, {"bits": bits, "cost": cost, "adaptive_mean_bitops": spent}
 
@@ -227,12 +247,14 @@ class Bench:
         c = self.cfg
         settings = c.server_settings(max_batch_size=1)
         with ManagedServer(c.model, c.log_dir / "batching-off.log", **settings) as server:
-            result = run_async(self._one_closed(server.url, images, 32))
+            result = run_async(self._one_closed(server, images, 32))
             self.results["peak_rss_unbatched_mib"] = server.peak_rss_mib()
         self.results["batching_off"] = summarize_run(result)
 
-    async def _one_closed(self, url: str, images: Images, concurrency: int) -> RunResult:
-        async with make_client(url, connections=max(256, concurrency)) as client:
+    async def _one_closed(
+        self, server: ManagedServer, images: Images, concurrency: int
+    ) -> RunResult:
+        async with make_client(server.url, connections=max(256, concurrency)) as client:
             card = await fetch_card(client)
             workload = Workload(
                 images,
@@ -242,7 +264,8 @@ class Bench:
             )
             await self._warm_up(client, workload)
             config = LoadConfig("closed", concurrency=concurrency, duration=self.cfg.run_seconds)
-            return await run_load(client, workload, config)
+            name = f"batching off, adaptive, concurrency {concurrency}"
+            return await self._measured(server, name, client, workload, config)
 
     def _figures(self, off: OfflineResult, off_pinned: OfflineResult) -> None:
         r = self.results
@@ -360,9 +383,24 @@ def render(bench: Bench, argv: Sequence[str]) -> str:
     missed = [name for name, key, _, _ in rows if verdict(key, f[key]) == "**MISSED**"]
     if missed:
         lines += [
-            "**Targets missed in this run:** " + "; ".join(missed) + ". Profiling (py-spy or the "
-            "torch profiler) and fixing the largest cost are the next step; this page reports the "
-            "measurement as it is.",
+            "**Targets missed in this run:** " + "; ".join(missed) + ". Where the time goes, "
+            "what was fixed and the before/after figures: [profiling.md](profiling.md).",
+            "",
+        ]
+    cpu = r.get("server_cpu_ms_per_request") or {}
+    if cpu:
+        lines += [
+            "Server CPU per answered request, by thread (from `/proc/<pid>/task/*/stat` around "
+            "each run; the event loop does HTTP, PNG decoding, validation and metrics, the other "
+            "threads are the model thread):",
+            "",
+            "| run | event loop (ms) | other threads (ms) | total (ms) |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {name} | {v['event_loop']:.2f} | {v['other_threads']:.2f} | {v['total']:.2f} |"
+                for name, v in cpu.items()
+                if v is not None
+            ),
             "",
         ]
     lines += [

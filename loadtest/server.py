@@ -19,7 +19,7 @@ from types import TracebackType
 
 import httpx
 
-from loadtest.machine import proc_status_kib
+from loadtest.machine import proc_status_kib, thread_cpu_seconds
 
 
 def free_port() -> int:
@@ -90,6 +90,9 @@ class ManagedServer:
     def rss_mib(self) -> float | None:
         kib = proc_status_kib(self.pid, "VmRSS")
         return None if kib is None else kib / 1024.0
+
+    def thread_cpu_seconds(self) -> dict[int, float] | None:
+        return thread_cpu_seconds(self.pid)
 
     def peak_rss_mib(self) -> float | None:
         kib = proc_status_kib(self.pid, "VmHWM")
