@@ -18,7 +18,7 @@ budget at or above the cheapest configuration is always met; a budget below it i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,12 @@ class BudgetTracker:
     ops whatever the depth: at serving batch sizes, op count, not arithmetic, is the cost.
     """
 
-    def __init__(self, table: CostTable, budgets: torch.Tensor) -> None:
+    def __init__(
+        self,
+        table: CostTable,
+        budgets: torch.Tensor,
+        decision_layers: Sequence[int] | None = None,
+    ) -> None:
         self.table = table
         self.budgets = budgets.double()
         self.spent = torch.full_like(self.budgets, table.fixed_bitops)
@@ -56,11 +61,18 @@ class BudgetTracker:
         max_rem = table.remaining(max(bits))
         top = table.max_bitops
         n = len(table.layer_macs)
-        # feasible(i): spent + cost of width k at layer i + cheapest cost of the layers after i
-        self._cost_then_cheapest = [
-            torch.tensor([macs * b * b + min_rem[i + 1] for b in bits], dtype=f64, device=device)
-            for i, macs in enumerate(table.layer_macs)
-        ]
+        # feasible(i): spent + cost of width k over the layers decided at i (i up to the next
+        # decision) + cheapest cost of the layers after them
+        starts = list(range(n)) if decision_layers is None else sorted(decision_layers)
+        ends = [*starts[1:], n]
+        self._cost_then_cheapest: dict[int, torch.Tensor] = {
+            i: torch.tensor(
+                [b * b * sum(table.layer_macs[i:j]) + min_rem[j] for b in bits],
+                dtype=f64,
+                device=device,
+            )
+            for i, j in zip(starts, ends, strict=True)
+        }
         # pay(i, widths): cost looked up by width
         self._cost_by_width = [
             torch.tensor([macs * w * w for w in range(max(bits) + 1)], dtype=f64, device=device)
@@ -86,7 +98,8 @@ class BudgetTracker:
         self._state_high = torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device)
 
     def feasible(self, index: int) -> torch.Tensor:
-        """``(N, K)`` bool: widths that leave the layers after ``index`` able to fit."""
+        """``(N, K)`` bool: widths that, paid for every layer this decision covers, leave the
+        layers after them able to fit. ``index`` is a decision layer."""
         after = self.spent[:, None] + self._cost_then_cheapest[index][None, :]
         return after <= self.budgets[:, None]
 
@@ -123,12 +136,36 @@ def check_budgets(table: CostTable, budgets: torch.Tensor) -> None:
     check_budget(table, float(budgets.min()))
 
 
+GRANULARITIES = ("layer", "block", "network")
+
+
+def decision_layers_for(table: CostTable, granularity: str) -> tuple[int, ...]:
+    """Where the policy decides: before every switchable layer (``layer``), before the first
+    layer of each residual block, the block then running at one width (``block``), or once,
+    before the first layer, for the whole network (``network``)."""
+    n = len(table.layer_macs)
+    if granularity == "layer":
+        return tuple(range(n))
+    if granularity == "network":
+        return (0,)
+    if granularity == "block":
+        blocks = [name.rsplit(".", 1)[0] for name in table.layer_names]
+        return tuple(i for i in range(n) if i == 0 or blocks[i] != blocks[i - 1])
+    raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+
+
 @dataclass(frozen=True)
 class PolicySpec:
-    feature_channels: tuple[int, ...]
+    feature_channels: tuple[int, ...]  # channels of the activation at each decision
     bit_candidates: tuple[int, ...]
     hidden: int = 32
     state_features: int = 4
+    # switchable-layer indices where a decision is taken; each holds until the next one.
+    # Empty means every layer (the per-layer MDP, and what policies saved before this existed).
+    decision_layers: tuple[int, ...] = ()
+
+    def decisions(self) -> tuple[int, ...]:
+        return self.decision_layers or tuple(range(len(self.feature_channels)))
 
     def to_dict(self) -> dict:
         return {
@@ -136,6 +173,7 @@ class PolicySpec:
             "bit_candidates": list(self.bit_candidates),
             "hidden": self.hidden,
             "state_features": self.state_features,
+            "decision_layers": list(self.decisions()),
         }
 
     @classmethod
@@ -145,11 +183,20 @@ class PolicySpec:
             tuple(d["bit_candidates"]),
             int(d["hidden"]),
             int(d.get("state_features", 4)),
+            tuple(d.get("decision_layers", ())),
         )
 
     @classmethod
-    def for_table(cls, table: CostTable, hidden: int = 32) -> PolicySpec:
-        return cls(tuple(s[0] for s in table.layer_input_shapes), table.bit_candidates, hidden)
+    def for_table(
+        cls, table: CostTable, hidden: int = 32, granularity: str = "layer"
+    ) -> PolicySpec:
+        decisions = decision_layers_for(table, granularity)
+        return cls(
+            tuple(table.layer_input_shapes[i][0] for i in decisions),
+            table.bit_candidates,
+            hidden,
+            decision_layers=decisions,
+        )
 
 
 class WidthPolicy(nn.Module):
@@ -168,15 +215,22 @@ class WidthPolicy(nn.Module):
         with torch.no_grad():
             self.head.bias.copy_(torch.linspace(-1.0, 1.0, len(spec.bit_candidates)))
 
+        self._position = {layer: k for k, layer in enumerate(spec.decisions())}
+
+    def decides_at(self, index: int) -> bool:
+        return index in self._position
+
     def forward(self, index: int, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        z = F.relu(self.feature_proj[index](features) + self.state_proj(state))
+        """Width scores before switchable layer ``index`` (a decision layer)."""
+        z = F.relu(self.feature_proj[self._position[index]](features) + self.state_proj(state))
         return self.head(F.relu(self.hidden(z)))
 
     def flops_per_image(self, table: CostTable) -> int:
         """FLOPs of all decisions for one image: pooling, the MLP (2 per MAC), the mask."""
         h, k, s = self.spec.hidden, len(self.spec.bit_candidates), self.spec.state_features
         total = 0
-        for c, hh, ww in table.layer_input_shapes:
+        for i in self.spec.decisions():
+            c, hh, ww = table.layer_input_shapes[i]
             if ww >= POOL_SUBSAMPLE_FROM:
                 hh, ww = (hh + 1) // 2, (ww + 1) // 2
             total += c * hh * ww  # pooling sums
@@ -216,7 +270,7 @@ def rollout(
     always masked by the budget; pinned rows are taken as given (the caller checks them).
     """
     budgets = budgets.to(device=x.device, dtype=torch.float64)
-    tracker = BudgetTracker(table, budgets)
+    tracker = BudgetTracker(table, budgets, None if policy is None else policy.spec.decisions())
     bits = torch.tensor(table.bit_candidates, device=x.device)
     free = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     any_free, all_free = True, True
@@ -234,6 +288,8 @@ def rollout(
             widths = pinned[:, i]
         elif fallback is not None:
             widths = fallback
+        elif not policy.decides_at(i):
+            widths = chosen[-1]  # the last decision holds (block / network granularity)
         else:
             act = run.activation
             if act is not last_act:  # conv1 and shortcut read the same tensor: pool once

@@ -39,6 +39,7 @@ class PolicyTrainConfig:
     samples_per_image: int = 4
     lr: float = 3e-3
     hidden: int = 32
+    granularity: str = "layer"  # layer | block | network: where the policy decides
     bitops_charge: float = 0.1
     entropy_weight: float = 0.01
     seed: int = 0
@@ -81,7 +82,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
         p.requires_grad_(False)
     net.fold_for_inference()
     table = cost_table(net)
-    policy = WidthPolicy(PolicySpec.for_table(table, cfg.hidden)).to(device)
+    policy = WidthPolicy(PolicySpec.for_table(table, cfg.hidden, cfg.granularity)).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     ckpt_dir = Path(cfg.checkpoints or f"runs/{md.manifest['name']}-policy")
     start, history = 0, []
@@ -112,7 +113,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
             "reward": float(reward.mean()),
             "acc": float((r.logits.argmax(1) == y).float().mean()),
             "use": float((r.bitops / budgets).mean()),
-            "entropy": float(r.entropy.mean()),
+            "entropy": float(r.entropy.detach().mean()),
         }
         running = {n: 0.95 * running.get(n, v) + 0.05 * v for n, v in stats.items()}
         bar.set_postfix({n: f"{v:.3f}" for n, v in running.items()})

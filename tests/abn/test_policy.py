@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from abn.bitops import CostTable, cost_table
 from abn.errors import BudgetError
 from abn.policy import (
+    GRANULARITIES,
     PolicySpec,
     WidthPolicy,
     check_budgets,
+    decision_layers_for,
     pooled_features,
     rollout,
     uniform_fallback,
@@ -33,11 +35,11 @@ def table(net: Supernet) -> CostTable:
     return cost_table(net)
 
 
-def random_policy(table: CostTable, seed: int) -> WidthPolicy:
+def random_policy(table: CostTable, seed: int, granularity: str = "layer") -> WidthPolicy:
     """A policy whose choices depend on the image and the budget (a fresh one's head is zero,
     so it would always pick the same widths)."""
     torch.manual_seed(seed)
-    policy = WidthPolicy(PolicySpec.for_table(table)).eval()
+    policy = WidthPolicy(PolicySpec.for_table(table, granularity=granularity)).eval()
     with torch.no_grad():
         for p in policy.parameters():
             p.normal_(0.0, 1.0)
@@ -61,14 +63,20 @@ def check_rollout(result, table: CostTable, n: int) -> None:
     seed=st.integers(0, 2**31 - 1),
     fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
     sample=st.booleans(),
+    granularity=st.sampled_from(GRANULARITIES),
 )
 def test_rollout_never_exceeds_the_budget(
-    net: Supernet, table: CostTable, seed: int, fractions: list[float], sample: bool
+    net: Supernet,
+    table: CostTable,
+    seed: int,
+    fractions: list[float],
+    sample: bool,
+    granularity: str,
 ) -> None:
     low, high = table.min_bitops, 2 * table.max_bitops
     budgets = torch.tensor([low + f * (high - low) for f in fractions], dtype=torch.float64)
     budgets = budgets.clamp(low, high)
-    policy = random_policy(table, seed)
+    policy = random_policy(table, seed, granularity)
     x = torch.randn(len(fractions), 1, 28, 28, generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator().manual_seed(seed)
     result = run(net, table, x, budgets, policy, sample=sample, generator=gen)
@@ -88,8 +96,11 @@ def test_budget_at_the_minimum_runs_everything_at_the_narrowest_width(
     assert bool((result.bitops == budgets).all())
 
 
-def test_batched_widths_equal_one_image_at_a_time(net: Supernet, table: CostTable) -> None:
-    policy = random_policy(table, 2)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_batched_widths_equal_one_image_at_a_time(
+    net: Supernet, table: CostTable, granularity: str
+) -> None:
+    policy = random_policy(table, 2, granularity)
     gen = torch.Generator().manual_seed(2)
     n = 8
     x = torch.randn(n, 1, 28, 28, generator=gen)
@@ -180,3 +191,41 @@ def test_policy_spec_round_trips_and_features_pool(table: CostTable) -> None:
     assert torch.allclose(pooled_features(big), big[:, :, ::2, ::2].mean(dim=(2, 3)))
     small = torch.randn(2, 64, 7, 7)
     assert torch.allclose(pooled_features(small), small.mean(dim=(2, 3)))
+
+
+def test_decisions_hold_until_the_next_decision_layer(net: Supernet, table: CostTable) -> None:
+    assert decision_layers_for(table, "layer") == tuple(range(len(table.layer_macs)))
+    assert decision_layers_for(table, "network") == (0,)
+    blocks = decision_layers_for(table, "block")
+    assert blocks == (0, 2, 5)  # resnet8_fmnist: conv1, conv2 | conv1, conv2, shortcut | ...
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 1, 28, 28, generator=gen)
+    budgets = table.min_bitops + torch.rand(16, generator=gen, dtype=torch.float64) * (
+        table.max_bitops - table.min_bitops
+    )
+    for granularity, starts in (("block", blocks), ("network", (0,))):
+        widths = run(net, table, x, budgets, random_policy(table, 5, granularity)).widths
+        ends = [*starts[1:], len(table.layer_macs)]
+        for a, b in zip(starts, ends, strict=True):
+            assert bool((widths[:, a:b] == widths[:, a : a + 1]).all()), (granularity, widths)
+    with pytest.raises(ValueError, match="layer, block, network"):
+        decision_layers_for(table, "stage")
+
+
+def test_coarser_policies_cost_less(table: CostTable) -> None:
+    flops = {
+        g: WidthPolicy(PolicySpec.for_table(table, granularity=g)).flops_per_image(table)
+        for g in GRANULARITIES
+    }
+    assert flops["network"] < flops["block"] < flops["layer"]
+
+
+def test_a_spec_saved_before_granularity_existed_decides_at_every_layer(
+    table: CostTable,
+) -> None:
+    old = PolicySpec.for_table(table).to_dict()
+    del old["decision_layers"]
+    spec = PolicySpec.from_dict(old)
+    assert spec.decisions() == tuple(range(len(table.layer_macs)))
+    block = PolicySpec.for_table(table, granularity="block")
+    assert PolicySpec.from_dict(block.to_dict()) == block

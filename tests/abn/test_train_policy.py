@@ -67,3 +67,32 @@ def test_leave_one_out_baseline_rewards_only_the_better_rollout() -> None:
     # gradient descent raises the log-probability where the advantage is positive
     assert log_prob.grad[0] < 0 < log_prob.grad[1]
     assert log_prob.grad[2] == 0 and log_prob.grad[3] == 0
+
+
+def test_a_block_policy_trains_saves_and_loads_with_its_granularity(
+    tiny_model_dir: Path, tiny_fmnist_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = PolicyTrainConfig(
+        model=str(model),
+        data_dir=str(tiny_fmnist_dir),
+        steps=2,
+        batch_size=8,
+        samples_per_image=2,
+        granularity="block",
+        checkpoints=str(tmp_path / "ckpt"),
+        device="cpu",
+    )
+    train_policy(cfg)
+    md = open_model_dir(model)
+    policy = md.load_policy()
+    assert policy is not None
+    net = md.load_supernet()
+    table = cost_table(net)
+    assert md.manifest["policy"]["spec"]["decision_layers"] == [0, 2, 5]
+    budgets = torch.linspace(table.min_bitops, table.max_bitops, 6, dtype=torch.float64)
+    with torch.no_grad():
+        r = rollout(net, table, torch.randn(6, 1, 28, 28), budgets, policy)
+    assert bool((r.bitops <= budgets).all())
+    assert bool((r.widths[:, 0] == r.widths[:, 1]).all())  # block 1 at one width
