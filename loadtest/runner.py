@@ -1,5 +1,8 @@
 """The load generator's engine: httpx's ``AsyncClient`` on one asyncio loop (uvloop if present).
 
+Connections are spread over several small clients (:class:`LoadClient`): one big pool costs
+several times more client CPU per request at high concurrency.
+
 Why not locust: on this project's 2-core machine the generator shares the CPU with the server it
 measures, so it must be cheap and easy to account for. Locust needs gevent, Flask and a master/
 worker layout to use more than one core, its open-loop mode (``constant_throughput``) is per-user
@@ -106,19 +109,94 @@ class RunResult:
         return {**asdict(self.config), "label": self.config.label}
 
 
+CONNECTIONS_PER_POOL = 4
+# Below uvicorn's 5 s keep-alive timeout: the client closes an idle connection before the server
+# does, so a request never goes out on a socket the server is closing (a spurious ReadError).
+KEEPALIVE_EXPIRY_SECONDS = 3.0
+
+
+class LoadClient:
+    """httpx ``AsyncClient``s with small connection pools; each request goes to the one with
+    the fewest requests in flight.
+
+    Why several: httpcore's pool does work per request that grows with the connections it
+    holds. Measured on the 2-core machine against ``abn serve`` at concurrency 32 (see
+    docs/profiling.md): one client with 32 connections cost 4.2 ms of client CPU per request and
+    capped the server at 234 req/s; eight clients of four connections cost 1.2 ms per request
+    and the same server answered 523 req/s. The generator must not be what a benchmark measures.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connections: int,
+        timeout: float,
+        headers: dict[str, str],
+        per_pool: int = CONNECTIONS_PER_POOL,
+    ) -> None:
+        pools = max(1, -(-connections // per_pool))
+        per = max(1, min(per_pool, connections))
+        limits = httpx.Limits(
+            max_connections=per,
+            max_keepalive_connections=per,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        )
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=url.rstrip("/"),
+                limits=limits,
+                timeout=httpx.Timeout(timeout),
+                headers=headers,
+            )
+            for _ in range(pools)
+        ]
+        self._in_flight = [0] * pools
+        self.base_url = self._clients[0].base_url
+
+    @property
+    def pools(self) -> int:
+        return len(self._clients)
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Requests in flight per pool."""
+        return list(self._in_flight)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        i = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[i] += 1
+        try:
+            return await self._clients[i].request(method, path, **kwargs)
+        finally:
+            self._in_flight[i] -= 1
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._clients))
+
+    async def __aenter__(self) -> LoadClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 def make_client(
     url: str, *, connections: int = 256, timeout: float = 30.0, api_key: str | None = None
-) -> httpx.AsyncClient:
+) -> LoadClient:
     """A keep-alive client for ``url``. ``connections`` caps open sockets: in open loop a request
     beyond it waits for a free connection, and that wait counts in its latency."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
-        base_url=url.rstrip("/"), limits=limits, timeout=httpx.Timeout(timeout), headers=headers
-    )
+    return LoadClient(url, connections=connections, timeout=timeout, headers=headers)
 
 
-async def wait_ready(client: httpx.AsyncClient, timeout: float) -> None:
+async def wait_ready(client: LoadClient, timeout: float) -> None:
     """Poll ``/readyz`` until 200, so a run never measures a server still warming up."""
     end = time.monotonic() + timeout
     last = "no answer"
@@ -135,7 +213,7 @@ async def wait_ready(client: httpx.AsyncClient, timeout: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def fetch_card(client: httpx.AsyncClient) -> dict[str, Any]:
+async def fetch_card(client: LoadClient) -> dict[str, Any]:
     """The model card, to resolve relative budgets and check pinned widths before the run."""
     response = await client.get("/v1/model")
     response.raise_for_status()
@@ -151,7 +229,7 @@ def _float_header(response: httpx.Response, name: str, body: dict, key: str) -> 
 
 
 async def _send(
-    client: httpx.AsyncClient, workload: Workload, index: int, start: float, t0: float
+    client: LoadClient, workload: Workload, index: int, start: float, t0: float
 ) -> Record:
     planned = workload.plan(index)
     body = workload.images.png(planned.image)
@@ -222,7 +300,7 @@ class _Progress:
 
 
 async def run_load(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     workload: Workload,
     config: LoadConfig,
     *,
@@ -263,7 +341,7 @@ async def run_load(
 
 
 async def _open_loop(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     workload: Workload,
     config: LoadConfig,
     first: int,
@@ -304,7 +382,7 @@ async def _open_loop(
 
 
 async def _closed_loop(
-    client: httpx.AsyncClient,
+    client: LoadClient,
     workload: Workload,
     config: LoadConfig,
     first: int,

@@ -4,6 +4,7 @@ parse. Tiny runs only: speed is measured by ``make bench``, never asserted here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import torch
 from abn.data import load_fashion_mnist
 from loadtest.cli import main
 from loadtest.report import summarize_run
-from loadtest.runner import LoadConfig, RunResult, fetch_card, make_client, run_async, run_load
+from loadtest.runner import (
+    LoadClient,
+    LoadConfig,
+    RunResult,
+    fetch_card,
+    make_client,
+    run_async,
+    run_load,
+)
 from loadtest.workload import BudgetSpec, Images, ModelRange, Workload, parse_widths
 from service.model import ServedModel
 
@@ -158,3 +167,19 @@ def test_cli_without_the_dataset_says_how_to_get_it(
 def test_cli_refuses_an_unbounded_run() -> None:
     with pytest.raises(SystemExit):
         main(["--concurrency", "1"])
+
+
+def test_the_client_spreads_requests_over_its_small_pools(server: str) -> None:
+    async def go() -> tuple[int, list[int], list[int], list[int]]:
+        async with LoadClient(server, connections=10, timeout=30.0, headers={}) as client:
+            tasks = [asyncio.create_task(client.get("/healthz")) for _ in range(12)]
+            await asyncio.sleep(0)  # every task has started and picked its pool
+            started = client.in_flight
+            statuses = [r.status_code for r in await asyncio.gather(*tasks)]
+            return client.pools, started, statuses, client.in_flight
+
+    pools, started, statuses, done = run_async(go())
+    assert pools == 3  # 10 connections, at most 4 per pool
+    assert started == [4, 4, 4]  # each request went to the least busy pool
+    assert statuses == [200] * 12
+    assert done == [0, 0, 0]
