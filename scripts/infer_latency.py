@@ -1,0 +1,70 @@
+"""Milliseconds per ``ServedModel.infer`` call at small batch sizes, adaptive and pinned.
+
+The per-batch cost the model thread pays before any arithmetic (layer-by-layer Python, policy,
+grouping) is what decides serving speed at the batch sizes a server sees; this measures it on
+one torch thread, repeated, so code versions can be compared (docs/profiling.md). To compare
+another checkout, run it with that checkout first on PYTHONPATH:
+
+    .venv/bin/python scripts/infer_latency.py --model model_store/fmnist-abn --repeats 5
+    cd /tmp/before && PYTHONPATH=$PWD /work/main/.venv/bin/python \\
+        /work/main/scripts/infer_latency.py --model /work/main/model_store/fmnist-abn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from service.model import ServedModel
+
+
+def measure(model: ServedModel, batch: int, pinned_bits: int | None, images: int) -> float:
+    """Mean milliseconds per call over about ``images`` images, after one warm call."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    lo, hi = model.min_bitops, model.max_bitops
+    mix = [lo + (hi - lo) * p for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    budgets = torch.tensor((mix * (batch // 5 + 1))[:batch], dtype=torch.float64)
+    pinned = None if pinned_bits is None else torch.full((batch, model.num_layers), pinned_bits)
+    calls = max(3, images // batch)
+    model.infer(x, budgets, pinned)
+    start = time.perf_counter()
+    for _ in range(calls):
+        model.infer(x, budgets, pinned)
+    return 1000 * (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="model_store/fmnist-abn")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--pinned-bits", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--images", type=int, default=600, help="images per measurement")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model = ServedModel.load(args.model, "cpu")
+    model.warm_up(64)
+    results: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for b in (int(v) for v in args.batches.split(",")):
+            for name, bits in (
+                ("adaptive", None),
+                (f"pinned {args.pinned_bits}-bit", args.pinned_bits),
+            ):
+                key = f"batch {b}, {name}"
+                results.setdefault(key, []).append(measure(model, b, bits, args.images))
+    print(
+        json.dumps(
+            {k: {"median_ms": statistics.median(v), "runs_ms": v} for k, v in results.items()},
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
