@@ -62,3 +62,18 @@ def test_policy_keeps_every_budget_on_real_images(shipped, test_images) -> None:
     with torch.no_grad():
         r = rollout(net, table, x, budgets, policy)
     assert bool((r.bitops <= budgets).all())
+
+
+def test_adaptive_accuracy_matches_the_manifest(shipped, test_images) -> None:
+    """The policy shipped is the one the manifest's adaptive table was measured with."""
+    net = shipped.load_supernet().fold_for_inference()
+    policy = shipped.load_policy()
+    table = cost_table(net)
+    x = normalize(test_images.images, shipped.input_spec)
+    for row in shipped.manifest["accuracy"]["adaptive"][::3]:
+        budgets = torch.full((SAMPLE,), row["budget"], dtype=torch.float64)
+        with torch.no_grad():
+            r = rollout(net, table, x, budgets, policy)
+        accuracy = float((r.logits.argmax(1) == test_images.labels).double().mean())
+        assert abs(accuracy - row["accuracy"]) <= 0.02, (row, accuracy)
+        assert float(r.bitops.mean()) == pytest.approx(row["mean_bitops"], rel=0.1), row
