@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import threading
@@ -831,3 +832,21 @@ def test_no_input_produces_a_500(make_app: Callable[..., FastAPI]) -> None:
 
         check_feedback()
         runner.run(stack.aclose())
+
+
+def test_what_startup_loaded_is_frozen_out_of_the_collector_once_ready(
+    served_model: ServedModel, tiny_model_dir: Path
+) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    app = create_app(
+        Settings(model_dir=tiny_model_dir, device="cpu"), loader=lambda _: served_model
+    )
+
+    async def body() -> None:
+        async with serving(app, ready=False) as client:
+            assert await wait_phase(app) == "ready"
+            assert (await client.get("/readyz")).status_code == 200
+            assert gc.get_freeze_count() > 0
+
+    run(body())
