@@ -17,6 +17,7 @@ budget at or above the cheapest configuration is always met; a budget below it i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,11 +40,76 @@ def pooled_features(activation: torch.Tensor) -> torch.Tensor:
     return activation.mean(dim=(2, 3))
 
 
+@dataclass(frozen=True)
+class _TrackerConstants:
+    """What :class:`BudgetTracker` needs per layer, derived from the cost table alone."""
+
+    cost_then_cheapest: dict[int, torch.Tensor]  # decision layer -> (K,)
+    cost_by_width: list[torch.Tensor]  # layer -> (max width + 1,)
+    state_weight: list[torch.Tensor]  # layer -> (2, 4)
+    state_bias: list[torch.Tensor]  # layer -> (4,)
+    state_low: torch.Tensor
+    state_high: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _tracker_constants(
+    table: CostTable, decisions: tuple[int, ...], device: torch.device
+) -> _TrackerConstants:
+    """Built once per (model, granularity, device), not per batch: about 0.3 ms of small tensor
+    constructions that every request batch would otherwise pay."""
+    f64 = torch.float64
+    bits = table.bit_candidates
+    min_rem = table.min_remaining()
+    max_rem = table.remaining(max(bits))
+    top = table.max_bitops
+    n = len(table.layer_macs)
+    ends = [*decisions[1:], n]
+    # feasible(i): spent + cost of width k over the layers decided at i (up to the next
+    # decision) + cheapest cost of the layers after them
+    cost_then_cheapest = {
+        i: torch.tensor(
+            [b * b * sum(table.layer_macs[i:j]) + min_rem[j] for b in bits],
+            dtype=f64,
+            device=device,
+        )
+        for i, j in zip(decisions, ends, strict=True)
+    }
+    # pay(i, widths): cost looked up by width
+    cost_by_width = [
+        torch.tensor([macs * w * w for w in range(max(bits) + 1)], dtype=f64, device=device)
+        for macs in table.layer_macs
+    ]
+    # state(i) = clamp([budget, spent] @ weight + bias_i), one affine map per layer:
+    # slack = (budget - spent - min_rem) / span, spent / top, budget / top, position
+    weights, biases = [], []
+    for i in range(n):
+        span = max(max_rem[i] - min_rem[i], 1.0)
+        weights.append(
+            torch.tensor([[1 / span, 0, 1 / top, 0], [-1 / span, 1 / top, 0, 0]], dtype=f64).to(
+                device
+            )
+        )
+        biases.append(
+            torch.tensor([-min_rem[i] / span, 0, 0, i / max(1, n - 1)], dtype=f64, device=device)
+        )
+    inf = float("inf")
+    return _TrackerConstants(
+        cost_then_cheapest,
+        cost_by_width,
+        weights,
+        biases,
+        torch.tensor([0.0, -inf, -inf, -inf], dtype=f64, device=device),
+        torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device),
+    )
+
+
 class BudgetTracker:
     """Per-sample budget bookkeeping along one forward pass, in float64 (exact for integers).
 
-    Every per-layer constant is precomputed here, so each decision costs a handful of tensor
-    ops whatever the depth: at serving batch sizes, op count, not arithmetic, is the cost.
+    Every per-layer constant is precomputed once per model (``_tracker_constants``), so each
+    decision costs a handful of tensor ops whatever the depth: at serving batch sizes, op
+    count, not arithmetic, is the cost.
     """
 
     def __init__(
@@ -55,62 +121,24 @@ class BudgetTracker:
         self.table = table
         self.budgets = budgets.double()
         self.spent = torch.full_like(self.budgets, table.fixed_bitops)
-        device, f64 = self.budgets.device, torch.float64
-        bits = table.bit_candidates
-        min_rem = table.min_remaining()
-        max_rem = table.remaining(max(bits))
-        top = table.max_bitops
         n = len(table.layer_macs)
-        # feasible(i): spent + cost of width k over the layers decided at i (i up to the next
-        # decision) + cheapest cost of the layers after them
-        starts = list(range(n)) if decision_layers is None else sorted(decision_layers)
-        ends = [*starts[1:], n]
-        self._cost_then_cheapest: dict[int, torch.Tensor] = {
-            i: torch.tensor(
-                [b * b * sum(table.layer_macs[i:j]) + min_rem[j] for b in bits],
-                dtype=f64,
-                device=device,
-            )
-            for i, j in zip(starts, ends, strict=True)
-        }
-        # pay(i, widths): cost looked up by width
-        self._cost_by_width = [
-            torch.tensor([macs * w * w for w in range(max(bits) + 1)], dtype=f64, device=device)
-            for macs in table.layer_macs
-        ]
-        # state(i) = clamp([budget, spent] @ weight + bias_i), one affine map per layer:
-        # slack = (budget - spent - min_rem) / span, spent / top, budget / top, position
-        self._state_weight, self._state_bias = [], []
-        for i in range(n):
-            span = max(max_rem[i] - min_rem[i], 1.0)
-            self._state_weight.append(
-                torch.tensor([[1 / span, 0, 1 / top, 0], [-1 / span, 1 / top, 0, 0]], dtype=f64).to(
-                    device
-                )
-            )
-            self._state_bias.append(
-                torch.tensor(
-                    [-min_rem[i] / span, 0, 0, i / max(1, n - 1)], dtype=f64, device=device
-                )
-            )
-        inf = float("inf")
-        self._state_low = torch.tensor([0.0, -inf, -inf, -inf], dtype=f64, device=device)
-        self._state_high = torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device)
+        decisions = tuple(range(n)) if decision_layers is None else tuple(sorted(decision_layers))
+        self._c = _tracker_constants(table, decisions, self.budgets.device)
 
     def feasible(self, index: int) -> torch.Tensor:
         """``(N, K)`` bool: widths that, paid for every layer this decision covers, leave the
         layers after them able to fit. ``index`` is a decision layer."""
-        after = self.spent[:, None] + self._cost_then_cheapest[index][None, :]
+        after = self.spent[:, None] + self._c.cost_then_cheapest[index][None, :]
         return after <= self.budgets[:, None]
 
     def state(self, index: int) -> torch.Tensor:
         """``(N, 4)`` float: slack fraction, spent and budget as fractions of max, position."""
         both = torch.stack([self.budgets, self.spent], dim=1)
-        raw = torch.addmm(self._state_bias[index], both, self._state_weight[index])
-        return raw.clamp(self._state_low, self._state_high).float()
+        raw = torch.addmm(self._c.state_bias[index], both, self._c.state_weight[index])
+        return raw.clamp(self._c.state_low, self._c.state_high).float()
 
     def pay(self, index: int, widths: torch.Tensor) -> None:
-        self.spent = self.spent + self._cost_by_width[index][widths.long()]
+        self.spent = self.spent + self._c.cost_by_width[index][widths.long()]
 
 
 def check_budget(table: CostTable, budget: float) -> None:
