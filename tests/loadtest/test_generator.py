@@ -5,6 +5,7 @@ parse. Tiny runs only: speed is measured by ``make bench``, never asserted here.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import loadtest.runner
 from abn.data import load_fashion_mnist
 from loadtest.cli import main
 from loadtest.report import summarize_run
@@ -183,3 +185,20 @@ def test_the_client_spreads_requests_over_its_small_pools(server: str) -> None:
     assert started == [4, 4, 4]  # each request went to the least busy pool
     assert statuses == [200] * 12
     assert done == [0, 0, 0]
+
+
+def test_the_collector_is_paused_during_a_run_and_restored_after(
+    server: str, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real_send = loadtest.runner._send
+
+    async def spying_send(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return await real_send(*args, **kwargs)
+
+    monkeypatch.setattr(loadtest.runner, "_send", spying_send)
+    assert gc.isenabled()
+    run(server, images, LoadConfig("closed", concurrency=2, requests=4))
+    assert seen == [False] * 4
+    assert gc.isenabled()
