@@ -118,7 +118,6 @@ class BudgetTracker:
         budgets: torch.Tensor,
         decision_layers: Sequence[int] | None = None,
     ) -> None:
-        self.table = table
         self.budgets = budgets.double()
         self.spent = torch.full_like(self.budgets, table.fixed_bitops)
         n = len(table.layer_macs)

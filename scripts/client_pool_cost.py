@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--seconds", type=float, default=8.0)
     args = p.parse_args()
-    for concurrency, pools in ((32, 1), (32, 4), (32, 8), (128, 1), (128, 32)):
+    for concurrency, pools in ((32, 1), (32, 4), (32, 8), (128, 1), (128, 16)):
         print(uvloop.run(closed_loop(args.url, concurrency, pools, args.seconds)), flush=True)
 
 

@@ -38,6 +38,20 @@ def measure(model: ServedModel, batch: int, pinned_bits: int | None, images: int
     return 1000 * (time.perf_counter() - start) / calls
 
 
+def count_ops(model: ServedModel, batch: int, calls: int = 10) -> float:
+    """Top-level aten ops one adaptive ``infer`` call dispatches (mixed budgets)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
+    lo, hi = model.min_bitops, model.max_bitops
+    budgets = torch.linspace(lo, hi, batch, dtype=torch.float64)
+    model.infer(x, budgets, None)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            model.infer(x, budgets, None)
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / calls
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="model_store/fmnist-abn")
@@ -45,6 +59,9 @@ def main() -> None:
     p.add_argument("--pinned-bits", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--images", type=int, default=600, help="images per measurement")
+    p.add_argument(
+        "--count-ops", action="store_true", help="also count aten ops per call (torch profiler)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     model = ServedModel.load(args.model, "cpu")
@@ -58,12 +75,14 @@ def main() -> None:
             ):
                 key = f"batch {b}, {name}"
                 results.setdefault(key, []).append(measure(model, b, bits, args.images))
-    print(
-        json.dumps(
-            {k: {"median_ms": statistics.median(v), "runs_ms": v} for k, v in results.items()},
-            indent=1,
-        )
-    )
+    report: dict[str, object] = {
+        k: {"median_ms": statistics.median(v), "runs_ms": v} for k, v in results.items()
+    }
+    if args.count_ops:
+        report["aten_ops_per_adaptive_call"] = {
+            f"batch {b}": count_ops(model, int(b)) for b in args.batches.split(",")
+        }
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class ServiceState:
             self.engine = engine
             # What exists now (torch, the model, FastAPI) lives as long as the process: frozen,
             # it is out of the cyclic collector's reach. Measured on the 2-core machine, a full
-            # collection over it took ~130 ms (211k objects); under load that pause stops the
+            # collection over it took 0.11-0.14 s (~200k objects); under load that pause stops the
             # event loop and, through the GIL, the model thread (docs/profiling.md).
             gc.collect()
             gc.freeze()

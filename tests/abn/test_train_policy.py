@@ -13,22 +13,28 @@ from abn.store import open_model_dir
 from abn.train.policy import PolicyTrainConfig, policy_loss, sample_budgets, train_policy
 
 
+def tiny_config(
+    model: Path, data_dir: Path, tmp_path: Path, **changes: object
+) -> PolicyTrainConfig:
+    """A policy run of a few tiny steps on CPU; ``changes`` override the defaults."""
+    base = {
+        "model": str(model),
+        "data_dir": str(data_dir),
+        "batch_size": 8,
+        "samples_per_image": 2,
+        "checkpoints": str(tmp_path / "ckpt"),
+        "device": "cpu",
+    }
+    return PolicyTrainConfig(**{**base, **changes})
+
+
 def test_training_a_few_steps_saves_a_loadable_verified_policy(
     tiny_model_dir: Path, tiny_fmnist_dir: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     before = open_model_dir(model).manifest["files"]["policy.safetensors"]["sha256"]
-    cfg = PolicyTrainConfig(
-        model=str(model),
-        data_dir=str(tiny_fmnist_dir),
-        steps=4,
-        batch_size=8,
-        samples_per_image=2,
-        checkpoint_every=2,
-        checkpoints=str(tmp_path / "ckpt"),
-        device="cpu",
-    )
+    cfg = tiny_config(model, tiny_fmnist_dir, tmp_path, steps=4, checkpoint_every=2)
     train_policy(cfg)
     md = open_model_dir(model)  # the sha256 of the new policy file is verified here
     assert md.manifest["files"]["policy.safetensors"]["sha256"] != before
@@ -74,16 +80,7 @@ def test_a_block_policy_trains_saves_and_loads_with_its_granularity(
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    cfg = PolicyTrainConfig(
-        model=str(model),
-        data_dir=str(tiny_fmnist_dir),
-        steps=2,
-        batch_size=8,
-        samples_per_image=2,
-        granularity="block",
-        checkpoints=str(tmp_path / "ckpt"),
-        device="cpu",
-    )
+    cfg = tiny_config(model, tiny_fmnist_dir, tmp_path, steps=2, granularity="block")
     train_policy(cfg)
     md = open_model_dir(model)
     policy = md.load_policy()
