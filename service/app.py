@@ -74,6 +74,7 @@ def create_app(
         RequestContextMiddleware,
         metrics=lambda: state.metrics,
         known_paths=[getattr(r, "path", "") for r in router.routes],
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     return app
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("service")
 
@@ -63,6 +64,13 @@ class Conflict(ServiceError):
     error_type = "conflict"
 
 
+class BodyTimeout(ServiceError):
+    """The body had not fully arrived ``ABN_BODY_TIMEOUT_SECONDS`` after the headers."""
+
+    status_code = 408
+    error_type = "body_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error_type = "payload_too_large"
@@ -101,6 +109,25 @@ class DeadlineExceeded(ServiceError):
     error_type = "deadline_exceeded"
 
 
+class Overloaded(ServiceError):
+    status_code = 503
+    error_type = "overloaded"
+
+
+class ClientGone(ClientDisconnect):
+    """The client closed its connection while its request waited for the model.
+
+    A :class:`ClientDisconnect` (what Starlette raises when the client leaves during the
+    upload), so the middleware treats both alike: status 499, one INFO line, no traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
+
+
 def error_response(
     status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -128,6 +155,10 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
+        raise exc.__cause__  # FastAPI wraps any failure to read a JSON body: the client left
+    if exc.status_code == 400 and isinstance(exc.__cause__, ServiceError):
+        return await _service_error(request, exc.__cause__)  # e.g. the body's deadline (408)
     if exc.status_code == 400:
         # FastAPI's own 400, raised when a JSON body is not even text (e.g. not UTF-8): the
         # only HTTPException(400) this app can see. It is the same failure as malformed JSON,

@@ -5,6 +5,20 @@ request. It sees every response, errors included, which is what makes ``X-Reques
 ``abn_requests_total`` cover every request. It is also the last line of defence: an exception
 that escapes the app is answered here as a JSON 500 in the contract's error shape, and a request
 cancelled by the server at the end of the shutdown grace as a JSON 503.
+
+It also enforces what the network may do to a request:
+
+* **the body's deadline**: every ``receive()`` until the body is complete runs under
+  ``asyncio.timeout_at(arrival + ABN_BODY_TIMEOUT_SECONDS)`` (a timer, no extra task); at the
+  deadline the route's read raises :class:`BodyTimeout`, answered 408;
+* **no connection outlives an unread body**: a response that starts before its request's body
+  has fully arrived (408, 413, 415, 401, ...) carries ``Connection: close``, so uvicorn closes
+  the connection instead of reading, and discarding, whatever the client still trickles;
+* **client disconnects are the client's**: ``ClientDisconnect`` (left during the upload) and
+  :class:`ClientGone` (left while queued) are counted with status 499 and logged at INFO in
+  one line, never as a 500 with a traceback;
+* **overload**: a request that :mod:`service.connections` marked over the concurrency cap is
+  answered 503 (``overloaded``) here, without running a route.
 """
 
 from __future__ import annotations
@@ -19,8 +33,11 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.connections import OVERLOADED_KEY
+from service.errors import CLIENT_CLOSED_REQUEST, BodyTimeout, ClientGone
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service")
@@ -51,17 +68,20 @@ class RequestContextMiddleware:
         app: ASGIApp,
         metrics: Callable[[], ServiceMetrics],
         known_paths: Iterable[str] = (),
+        body_timeout_seconds: float = 5.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = frozenset(known_paths)
+        self.body_timeout = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         clock = time.perf_counter()
-        scope[ARRIVAL_KEY] = asyncio.get_running_loop().time()
+        arrival = asyncio.get_running_loop().time()
+        scope[ARRIVAL_KEY] = arrival
         given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
         valid = len(given) == 0 or (
             len(given) == 1 and _REQUEST_ID_RE.fullmatch(given[0]) is not None
@@ -70,6 +90,31 @@ class RequestContextMiddleware:
         scope[REQUEST_ID_KEY] = request_id
         status = 500
         started = False
+        body_done = False
+        body_deadline = arrival + self.body_timeout
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done
+            if body_done:  # after the body: waits for a disconnect, with no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                log.info(
+                    "request %s: %s %s: the body did not arrive within %gs; 408, connection closed",
+                    request_id,
+                    scope.get("method"),
+                    scope.get("path"),
+                    self.body_timeout,
+                )
+                raise BodyTimeout(
+                    f"the request body did not fully arrive within {self.body_timeout:g}s "
+                    f"(ABN_BODY_TIMEOUT_SECONDS); the connection is closed"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -78,6 +123,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                if not body_done and _has_body(scope) and not _names_connection(headers):
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -91,8 +138,29 @@ class RequestContextMiddleware:
                     f"{REQUEST_ID_HEADER} must be given once, 1 to {MAX_REQUEST_ID} visible "
                     f"ASCII characters (no spaces); omit it to have one generated",
                 )
+            elif scope.get(OVERLOADED_KEY):
+                status = 503
+                await _send_error(
+                    send_with_id,
+                    503,
+                    "overloaded",
+                    "too many connections or requests in flight (ABN_LIMIT_CONCURRENCY); "
+                    "retry shortly",
+                    [(b"retry-after", b"1"), (b"connection", b"close")],
+                )
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_in_time, send_with_id)
+        except ClientDisconnect as gone:
+            # The client closed its connection: nothing can be answered and nothing failed.
+            status = CLIENT_CLOSED_REQUEST
+            where = gone.message if isinstance(gone, ClientGone) else "during the upload"
+            log.info(
+                "request %s: %s %s: the client disconnected %s (499)",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+                where,
+            )
         except asyncio.CancelledError:
             # uvicorn cancels the requests still open when the shutdown grace runs out and
             # would answer them with a plain-text 500: answer in the contract's shape instead.
@@ -107,8 +175,17 @@ class RequestContextMiddleware:
                         "instance",
                     )
             raise
+        except BodyTimeout as late:  # raised where no exception handler answered it
+            if not started:
+                status = 408
+                await _send_error(send_with_id, 408, late.error_type, late.message)
         except Exception:
-            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            log.exception(
+                "request %s: unhandled error in %s %s",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+            )
             if not started:
                 await _send_error(
                     send_with_id, 500, "internal_error", "internal error; see the server log"
@@ -118,7 +195,25 @@ class RequestContextMiddleware:
             self.metrics().request_done(route, status, time.perf_counter() - clock)
 
 
-async def _send_error(send: Send, status: int, error_type: str, message: str) -> None:
+def _names_connection(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"connection" for name, _ in headers)
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a non-zero Content-Length, or chunked)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _send_error(
+    send: Send,
+    status: int,
+    error_type: str,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps({"error": message, "error_type": error_type}).encode()
     await send(
         {
@@ -127,6 +222,7 @@ async def _send_error(send: Send, status: int, error_type: str, message: str) ->
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(extra_headers or []),
             ],
         }
     )

@@ -15,7 +15,9 @@ than cut off; one still open when it has run out is answered 503 by the middlewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,7 +32,8 @@ from pydantic import ValidationError
 from abn.errors import ModelIntegrityError
 from abn.store import open_model_dir
 from service.app import create_app
-from service.settings import Settings
+from service.connections import GuardedHttpToolsProtocol
+from service.settings import Settings, setting_variables, unknown_variables
 
 
 class DrainingServer(uvicorn.Server):
@@ -85,6 +88,35 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+# File descriptors the process needs beside its connections: the model, logs, sockets of its own.
+SPARE_FILES = 256
+
+
+def check_open_file_limit(connections: int) -> None:
+    """Raise the soft open-file limit towards the hard one when the connection cap needs it,
+    and warn when even that is too low: past it, accept() fails and every client suffers, where
+    the cap would have answered the excess 503."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to check
+        return
+    needed = connections + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logging.getLogger("service").warning(
+            "the open-file limit (%d) is below ABN_LIMIT_CONCURRENCY + %d (%d): lower "
+            "ABN_LIMIT_CONCURRENCY or raise ulimit -n",
+            soft,
+            SPARE_FILES,
+            needed,
+        )
+
+
 def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a graceful shutdown, 1 when the model failed to load."""
     logging.basicConfig(
@@ -113,7 +145,13 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,  # abn_requests_total and abn_request_duration_seconds cover it
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds + 0.999),
+        # The header deadline and the concurrency cap (service/connections.py); uvicorn's own
+        # limit_concurrency stays unset because the protocol applies it, answering in JSON.
+        http=GuardedHttpToolsProtocol.configured(
+            settings.header_timeout_seconds, settings.limit_concurrency
+        ),
     )
+    check_open_file_limit(settings.limit_concurrency)
     server = DrainingServer(
         config,
         on_signal=app.state.service.begin_draining,
@@ -129,7 +167,16 @@ def serve(settings: Settings) -> int:
 
 
 def run_from_cli(model: Path | None, host: str | None, port: int | None) -> int:
-    """``abn serve``: command-line options override ``ABN_*`` settings."""
+    """``abn serve``: command-line options override ``ABN_*`` settings; an ``ABN_*`` variable
+    that names no setting is an error (exit 2), not a default silently kept."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        print(
+            f"abn serve: unknown settings in the environment: {', '.join(unknown)}; the "
+            f"settings are {', '.join(setting_variables())}",
+            file=sys.stderr,
+        )
+        return 2
     overrides = {
         k: v for k, v in (("model_dir", model), ("host", host), ("port", port)) if v is not None
     }

@@ -1,12 +1,16 @@
 """Service settings, read from ``ABN_*`` environment variables (pydantic-settings).
 
 Every setting the contract names exists here under exactly that name; ``abn serve`` options
-(``--model``, ``--host``, ``--port``) override the environment.
+(``--model``, ``--host``, ``--port``) override the environment. pydantic-settings reads only the
+variables it knows and ignores the rest, so a misspelt name (``ABN_ABN_TORCH_THREADS``) would be
+silently dropped: :func:`unknown_variables` finds them, and ``abn serve`` refuses to start.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +54,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="when set, /classify and /feedback need 'Authorization: Bearer <key>'"
     )
-    host: str = Field("0.0.0.0", description="bind address")
+    host: str = Field(
+        "127.0.0.1",
+        description="bind address; 127.0.0.1 unless told otherwise (the container image sets "
+        "0.0.0.0)",
+    )
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     feedback_capacity: int = Field(
         100_000, ge=1, description="recent request ids remembered for POST /feedback"
@@ -74,6 +82,28 @@ class Settings(BaseSettings):
         le=256,
         description="torch intra-op threads for CPU inference; unset: torch's default (one per "
         "core). 1 suits small models and CPUs shared with other work",
+    )
+    body_timeout_seconds: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="a request body must have fully arrived this long after its headers; "
+        "otherwise 408 and the connection is closed (slow uploads cannot hold the server)",
+    )
+    header_timeout_seconds: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="a new connection must deliver its request headers within this time; "
+        "otherwise it is closed (408 when part of a request had arrived)",
+    )
+    limit_concurrency: int = Field(
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="most open connections, and most requests in flight; a request beyond "
+        "either is answered 503 at once and its connection closed. Keep it below the open-file "
+        "limit (ulimit -n)",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
@@ -99,3 +129,32 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and value == ""):
             return None
         return value
+
+
+# ABN_* variables that are not service settings: read by the model library (abn/data.py) or
+# used by compose.yaml for its own substitutions. Not errors when present.
+OTHER_ABN_VARIABLES = frozenset(
+    {"ABN_FASHION_MNIST_DIR", "ABN_HOST_PORT", "ABN_GPU_HOST_PORT", "ABN_BIND_ADDRESS"}
+)
+
+
+def setting_variables() -> list[str]:
+    """Every ``ABN_*`` name a setting is read from."""
+    return sorted(f"ABN_{name.upper()}" for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``ABN_*`` names in ``environ`` that no setting reads, each with a did-you-mean hint.
+
+    pydantic-settings ignores such names whatever ``extra`` says (it only looks up the fields
+    it has), so a typo would leave the default in force without a word."""
+    known = setting_variables()
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith("ABN_") or name.upper() in OTHER_ABN_VARIABLES:
+            continue
+        if name.upper() in known:
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        problems.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return problems

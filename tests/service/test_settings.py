@@ -10,7 +10,7 @@ from pydantic import ValidationError
 import service.server
 from abn.store import DEFAULT_MODEL_DIR
 from commands.abn import main
-from service.settings import Settings
+from service.settings import Settings, unknown_variables
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,3 +54,28 @@ def test_serve_options_override_the_environment(
     monkeypatch.setenv("ABN_MAX_QUEUE_SIZE", "lots")
     assert main(["serve"]) == 2
     assert "ABN_MAX_QUEUE_SIZE" in capsys.readouterr().err
+
+
+def test_safe_and_bounded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ABN_HOST", "ABN_BODY_TIMEOUT_SECONDS", "ABN_LIMIT_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.host == "127.0.0.1"  # only the container opts into 0.0.0.0
+    assert 0 < s.body_timeout_seconds <= 10 and 0 < s.header_timeout_seconds <= 10
+    assert 0 < s.limit_concurrency <= 10_000
+
+
+def test_a_misspelt_setting_stops_abn_serve(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[Settings] = []
+    monkeypatch.setattr(service.server, "serve", lambda settings: seen.append(settings) or 0)
+    monkeypatch.setenv("ABN_ABN_TORCH_THREADS", "1")  # what soak.py --set used to produce
+    assert main(["serve"]) == 2 and not seen
+    err = capsys.readouterr().err
+    assert "ABN_ABN_TORCH_THREADS (did you mean ABN_TORCH_THREADS?)" in err
+    monkeypatch.delenv("ABN_ABN_TORCH_THREADS")
+    monkeypatch.setenv("ABN_FASHION_MNIST_DIR", "/data")  # the model library's, not a setting
+    monkeypatch.setenv("ABN_TORCH_THREADS", "1")
+    assert main(["serve"]) == 0 and seen[-1].torch_threads == 1
+    assert unknown_variables({"ABN_BODY_TIMEOUT_SECONDS": "1", "PATH": "/bin"}) == []

@@ -1,0 +1,190 @@
+"""Integration: what the network does to a real ``abn serve``, over raw sockets.
+
+Slow uploads and slow headers are cut off at their deadlines (408, connection closed); a
+response sent before its body arrived closes the connection; clients that vanish mid-upload or
+while queued are counted 499 and logged at INFO without a traceback, and a vanished client's
+queued work never reaches the model; past the concurrency cap a request is answered 503 at
+once. One server, short deadlines, every test a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .helpers import Scrape, ServerProcess, png, running_servers
+
+pytestmark = pytest.mark.timeout(120)
+
+BODY_TIMEOUT = 1.0
+HEADER_TIMEOUT = 1.0
+QUEUE_DELAY = 1.0  # a lone request waits this long for its batch: time to vanish while queued
+LIMIT = 12
+IMAGE = png(7)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    logs = tmp_path_factory.mktemp("slow-client-logs")
+    spec = {
+        "body_timeout_seconds": BODY_TIMEOUT,
+        "header_timeout_seconds": HEADER_TIMEOUT,
+        "limit_concurrency": LIMIT,
+        "max_queue_delay_seconds": QUEUE_DELAY,
+        "log_level": "info",
+    }
+    with running_servers(tiny_model_dir, logs, {"slow": spec}) as started:
+        yield started["slow"]
+
+
+def scrape(server: ServerProcess) -> Scrape:
+    return Scrape(httpx.get(server.url + "/metrics").text)
+
+
+def connect(server: ServerProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def head(length: int, content_type: str = "image/png", extra: str = "") -> bytes:
+    return (
+        f"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def read_until_closed(sock: socket.socket, limit: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed."""
+    sock.settimeout(limit)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks), time.monotonic()
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], dict]:
+    header, _, body = raw.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in fields.items()}, json.loads(body)
+
+
+def test_a_trickled_body_gets_408_at_its_deadline_and_the_connection_closes(
+    server: ServerProcess,
+) -> None:
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(head(len(IMAGE)) + IMAGE[:10])
+        sock.settimeout(0.3)
+        sent = 10
+        while time.monotonic() - start < BODY_TIMEOUT * 3:  # one byte every 0.3 s
+            try:
+                if sock.recv(65536, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                sock.sendall(IMAGE[sent : sent + 1])
+                sent += 1
+        raw, closed = read_until_closed(sock)
+    status, headers, body = parse(raw)
+    assert status == 408 and body["error_type"] == "body_timeout", raw
+    assert set(body) == {"error", "error_type"}
+    assert headers["connection"] == "close" and headers["x-request-id"]
+    assert BODY_TIMEOUT * 0.9 <= closed - start < BODY_TIMEOUT + 1.5, closed - start
+
+
+def test_slow_or_absent_headers_are_cut_off(server: ServerProcess) -> None:
+    with connect(server) as partial, connect(server) as silent:
+        start = time.monotonic()
+        partial.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\n")
+        partial.settimeout(0.3)
+        for i in range(20):  # a header line every 0.3 s, never the blank line
+            try:
+                if partial.recv(65536, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                partial.sendall(f"X-Slow-{i}: {i}\r\n".encode())
+        raw, closed = read_until_closed(partial)
+        status, headers, body = parse(raw)
+        assert status == 408 and body["error_type"] == "header_timeout", raw
+        assert headers["connection"] == "close"
+        assert HEADER_TIMEOUT * 0.9 <= closed - start < HEADER_TIMEOUT + 1.5
+        raw, closed = read_until_closed(silent)  # sent nothing: closed without a word
+        assert raw == b"" and closed - start < HEADER_TIMEOUT + 1.5
+
+
+def test_an_answer_before_the_body_arrived_closes_the_connection(server: ServerProcess) -> None:
+    with connect(server) as sock:  # 415 is decided from the headers alone
+        start = time.monotonic()
+        sock.sendall(head(100_000, content_type="text/plain") + b"x" * 100)
+        raw, closed = read_until_closed(sock)
+    status, headers, body = parse(raw)
+    assert status == 415 and headers["connection"] == "close", raw
+    assert closed - start < BODY_TIMEOUT  # at once, not at the body's deadline
+
+
+def test_clients_vanishing_mid_upload_are_499_not_server_errors(server: ServerProcess) -> None:
+    before = scrape(server)
+    for _ in range(5):
+        with connect(server) as sock:
+            sock.sendall(head(len(IMAGE)) + IMAGE[:20])
+            time.sleep(0.05)
+    end = time.monotonic() + 10
+    while (after := scrape(server)).value(
+        "abn_requests_total", route="/classify", status_code="499"
+    ) - before.value("abn_requests_total", route="/classify", status_code="499") < 5:
+        assert time.monotonic() < end, "the disconnects were not counted"
+        time.sleep(0.05)
+    assert after.value("abn_requests_total", status_code="500") == 0
+    log = server.log()
+    assert log.count("the client disconnected during the upload (499)") >= 5, log[-3000:]
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_a_client_gone_while_queued_is_dropped_before_the_model(server: ServerProcess) -> None:
+    before = scrape(server)
+    with connect(server) as sock:
+        sock.sendall(head(len(IMAGE)) + IMAGE)
+        time.sleep(QUEUE_DELAY / 4)  # queued: its batch closes at QUEUE_DELAY
+    end = time.monotonic() + 10
+    while (after := scrape(server)).value("abn_pending_requests") != 0 or after.value(
+        "abn_requests_total", status_code="499"
+    ) == before.value("abn_requests_total", status_code="499"):
+        assert time.monotonic() < end, "the vanished request was never dropped"
+        time.sleep(0.05)
+    time.sleep(QUEUE_DELAY)  # past the batch's closing time
+    after = scrape(server)
+    assert after.value("abn_batch_size_count") == before.value("abn_batch_size_count")
+    assert after.value("abn_requests_total", status_code="500") == 0
+    assert "while its request waited for the model; the work was dropped" in server.log()
+    r = httpx.post(server.url + "/classify", content=IMAGE, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200  # and the server goes on serving
+
+
+def test_past_the_concurrency_cap_requests_get_503_at_once(server: ServerProcess) -> None:
+    holders = [connect(server) for _ in range(LIMIT)]  # open, headers pending
+    try:
+        for sock in holders:
+            sock.sendall(b"POST /classify HTTP/1.1\r\n")
+        time.sleep(0.1)
+        start = time.monotonic()
+        r = httpx.post(
+            server.url + "/classify", content=IMAGE, headers={"Content-Type": "image/png"}
+        )
+        assert time.monotonic() - start < 0.5
+        assert r.status_code == 503 and r.json()["error_type"] == "overloaded", r.text
+        assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
+    finally:
+        for sock in holders:
+            sock.close()
+    end = time.monotonic() + 5
+    while httpx.get(server.url + "/healthz").status_code != 200:
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    assert scrape(server).value("abn_requests_total", route="/classify", status_code="503") == 1
