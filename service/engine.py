@@ -16,7 +16,10 @@ How a request travels::
 * The batch runs in a single worker thread (:meth:`ServedModel.infer`, layer by layer, samples
   grouped by width), so the event loop keeps accepting and answering while the model works,
   and only one batch uses the model at a time.
-* Results go back through each job's future, on the event loop.
+* Results go back through each job's future, on the event loop. A failing batch is answered
+  500 (``inference_failed``) for each of its jobs, and a sample whose output is not finite
+  (NaN or Inf) is answered 500 alone; either way the log names the request ids, and the
+  batcher goes on with the next batch.
 * :meth:`drain` stops accepting, lets queued and running jobs finish, then stops the batcher;
   :meth:`abandon_queued` answers what is still queued with 503 when the shutdown grace ends.
 """
@@ -37,7 +40,7 @@ import torch
 
 from service.errors import DeadlineExceeded, QueueFull, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
-from service.model import ServedModel
+from service.model import BatchOutput, ServedModel
 
 log = logging.getLogger("service")
 
@@ -65,6 +68,7 @@ class _Job:
     deadline: float  # loop time
     enqueued: float  # loop time
     future: asyncio.Future[Answer]
+    request_id: str = ""
 
 
 class BatchingEngine:
@@ -148,8 +152,10 @@ class BatchingEngine:
         budget: float,
         pinned: Sequence[int] | None,
         deadline: float,
+        request_id: str = "",
     ) -> asyncio.Future[Answer]:
-        """Queue one image; raise 503/429 at once instead of waiting for room."""
+        """Queue one image; raise 503/429 at once instead of waiting for room. ``request_id``
+        is only for the log, should the model fail on it."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance")
         if len(self._queue) >= self.max_queue_size:
@@ -165,6 +171,7 @@ class BatchingEngine:
             deadline,
             loop.time(),
             loop.create_future(),
+            request_id,
         )
         self._queue.append(job)
         if self.metrics is not None:
@@ -238,13 +245,17 @@ class BatchingEngine:
             if any(job.pinned is not None for job in jobs):
                 zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
                 pinned = torch.tensor([job.pinned or zeros for job in jobs], dtype=torch.long)
-            out = await loop.run_in_executor(
-                self._executor, self.model.infer, images, budgets, pinned
+            out, finite = await loop.run_in_executor(
+                self._executor, self._infer, images, budgets, pinned
             )
             widths = out.widths.tolist()
             bitops = out.bitops.tolist()
         except Exception as err:  # a failing batch must not kill the batcher
-            log.exception("inference failed for a batch of %d", len(jobs))
+            log.exception(
+                "inference failed for a batch of %d (request ids: %s)",
+                len(jobs),
+                " ".join(job.request_id for job in jobs),
+            )
             for job in jobs:
                 self._finish(job, InferenceFailed(f"inference failed: {type(err).__name__}"))
             return
@@ -254,8 +265,33 @@ class BatchingEngine:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         if self.metrics is not None:
             self.metrics.batch_done(len(jobs), seconds)
+        if not all(finite):
+            log.error(
+                "the model produced non-finite outputs (NaN or Inf) in a batch of %d "
+                "(request ids: %s)",
+                len(jobs),
+                " ".join(job.request_id for job, ok in zip(jobs, finite, strict=True) if not ok),
+            )
         for i, job in enumerate(jobs):
-            self._finish(job, Answer(out.probabilities[i], widths[i], bitops[i], len(jobs)))
+            if finite[i]:
+                self._finish(job, Answer(out.probabilities[i], widths[i], bitops[i], len(jobs)))
+            else:
+                self._finish(
+                    job,
+                    InferenceFailed(
+                        "inference failed: the model's output for this image is NaN or infinite"
+                    ),
+                )
+
+    def _infer(
+        self, images: torch.Tensor, budgets: torch.Tensor, pinned: torch.Tensor | None
+    ) -> tuple[BatchOutput, list[bool]]:
+        """The model's batch and, per sample, whether its probabilities and cost are finite
+        (checked here, in the model thread, to keep the event loop free). A NaN would
+        otherwise become a 500 at JSON encoding, after the metrics had counted it served."""
+        out = self.model.infer(images, budgets, pinned)
+        finite = torch.isfinite(out.probabilities).all(dim=1) & torch.isfinite(out.bitops)
+        return out, finite.tolist()
 
     def _finish(self, job: _Job, outcome: Answer | BaseException | None) -> None:
         """Settle a job's future (unless its route already gave up) and count it done."""

@@ -11,10 +11,14 @@ import asyncio
 import math
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
+from PIL import Image
+from starlette.types import Receive
 
 from abn.errors import BudgetError
+from abn.preprocess import InputSpec
 from service.auth import require_api_key
 from service.budget import WidthsError, check_pinned_fits, parse_bit_widths, parse_budget_header
 from service.decode import (
@@ -25,7 +29,7 @@ from service.decode import (
     read_image_bytes,
 )
 from service.engine import Answer
-from service.errors import DeadlineExceeded, ServiceError, Unprocessable
+from service.errors import ClientGone, DeadlineExceeded, ServiceError, Unprocessable
 from service.middleware import ARRIVAL_KEY, REQUEST_ID_KEY
 from service.schemas import (
     RETRY_AFTER_DOC,
@@ -140,24 +144,26 @@ async def classify(
         except BudgetError as err:
             raise Unprocessable(str(err), error_type="bit_widths_over_budget") from err
 
+    loop = asyncio.get_running_loop()
+    arrival = request.scope.get(ARRIVAL_KEY, loop.time())
+    deadline = arrival + settings.request_timeout_seconds
+    request_id: str = request.scope[REQUEST_ID_KEY]
     data = await read_image_bytes(request, kind, settings.max_body_bytes)
     opened = open_image(data, settings.max_image_pixels)
     if opened.width * opened.height <= INLINE_DECODE_PIXELS:
         image = convert_image(opened, model.input_spec, settings.max_image_pixels)
     else:  # a large decode would stall every other request: off the event loop
-        image = await asyncio.to_thread(
-            convert_image, opened, model.input_spec, settings.max_image_pixels
+        image = await _decode_in_thread(
+            opened, model.input_spec, settings.max_image_pixels, deadline
         )
     del data, opened
 
-    loop = asyncio.get_running_loop()
-    arrival = request.scope.get(ARRIVAL_KEY, loop.time())
-    deadline = arrival + settings.request_timeout_seconds
     if loop.time() >= deadline:
         raise DeadlineExceeded("the request passed its deadline before it could be queued")
-    answer = await _wait(engine.submit(image, budget, pinned, deadline), deadline)
+    answer = await _wait(
+        request, engine.submit(image, budget, pinned, deadline, request_id), deadline
+    )
 
-    request_id: str = request.scope[REQUEST_ID_KEY]
     probabilities = answer.probabilities
     k = min(TOP_K, probabilities.numel())
     top = probabilities.topk(k)
@@ -194,21 +200,56 @@ async def classify(
     )
 
 
-async def _wait(future: asyncio.Future[Answer], deadline: float) -> Answer:
-    """The engine's answer, or 504 at the deadline (the job is then dropped if still queued)."""
+async def _decode_in_thread(
+    opened: Image.Image, spec: InputSpec, max_image_pixels: int, deadline: float
+) -> torch.Tensor:
+    """:func:`convert_image` in the default thread pool, but no later than the deadline: when
+    the pool is saturated, the request is answered 504 rather than left waiting for a thread."""
     remaining = deadline - asyncio.get_running_loop().time()
     try:
-        return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.0))
+        return await asyncio.wait_for(
+            asyncio.to_thread(convert_image, opened, spec, max_image_pixels),
+            max(remaining, 0.0),
+        )
     except TimeoutError:
-        if future.done() and not future.cancelled() and future.exception() is None:
-            return future.result()  # finished at the very moment the clock ran out
-        future.cancel()
         raise DeadlineExceeded(
-            "the request waited past its deadline (ABN_REQUEST_TIMEOUT_SECONDS) for the model"
+            "the request passed its deadline (ABN_REQUEST_TIMEOUT_SECONDS) waiting for a "
+            "decoder thread"
         ) from None
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone. Called after the body has been read, when the next
+    ASGI message can only be ``http.disconnect`` (uvicorn sends it when the socket closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _wait(request: Request, future: asyncio.Future[Answer], deadline: float) -> Answer:
+    """The engine's answer; 504 at the deadline; :class:`ClientGone` (499) when the client
+    closes its connection first. In the last two cases the job's future is cancelled, so the
+    batcher drops the job before it reaches the model if it is still queued."""
+    loop = asyncio.get_running_loop()
+    watcher = loop.create_task(_disconnected(request.receive), name="abn-disconnect-watch")
+    try:
+        done, _ = await asyncio.wait(
+            (future, watcher),
+            timeout=max(deadline - loop.time(), 0.0),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     except asyncio.CancelledError:
-        future.cancel()  # the client is gone: let the batcher skip it
+        future.cancel()  # the request task itself was cancelled: let the batcher skip it
         raise
+    finally:
+        watcher.cancel()
+    if future.done() and not future.cancelled():
+        return future.result()  # the answer (or the engine's error) came first, or at once
+    future.cancel()
+    if watcher in done:
+        raise ClientGone("while its request waited for the model; the work was dropped")
+    raise DeadlineExceeded(
+        "the request waited past its deadline (ABN_REQUEST_TIMEOUT_SECONDS) for the model"
+    )
 
 
 def _readiness(state: ServiceState) -> JSONResponse | Readiness:
