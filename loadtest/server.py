@@ -22,6 +22,26 @@ import httpx
 from loadtest.machine import proc_status_kib, thread_cpu_seconds
 
 
+def setting_variable(name: str) -> str:
+    """The environment variable of a setting given as ``torch_threads``, ``TORCH_THREADS`` or
+    ``ABN_TORCH_THREADS`` (all three mean the same; the last must not become ``ABN_ABN_...``)."""
+    upper = name.strip().upper()
+    return upper if upper.startswith("ABN_") else f"ABN_{upper}"
+
+
+def parse_settings(items: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` options as ``{ABN_NAME: VALUE}``; a name the server does not know
+    makes it refuse to start (``abn serve`` checks every ``ABN_*`` variable), so a typo fails
+    the run at once instead of leaving a default silently in force."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. torch_threads=1")
+        settings[setting_variable(name)] = value
+    return settings
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,7 +72,7 @@ class ManagedServer:
     def start(self, ready_timeout: float = 180.0) -> ManagedServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
         env["ABN_LOG_LEVEL"] = "warning"
-        env.update({f"ABN_{k.upper()}": v for k, v in self.settings.items()})
+        env.update({setting_variable(k): v for k, v in self.settings.items()})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             cmd = [*abn_command(), "serve", "--model", str(self.model_dir)]

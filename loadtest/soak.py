@@ -37,7 +37,7 @@ from abn.store import DEFAULT_MODEL_DIR
 from loadtest.machine import machine_info, proc_status_kib
 from loadtest.report import error_key, latency_ms
 from loadtest.runner import LoadConfig, fetch_card, make_client, run_async, run_load, wait_ready
-from loadtest.server import ManagedServer
+from loadtest.server import ManagedServer, parse_settings
 from loadtest.workload import BudgetSpec, Images, ModelRange, Workload, parse_widths
 
 
@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="ABN_ setting of the started server, e.g. --set torch_threads=1",
+        help="setting of the started server, e.g. --set torch_threads=1 (or ABN_TORCH_THREADS=1); "
+        "an unknown name stops the run",
     )
     p.add_argument("--duration", type=float, default=1800.0, help="seconds (default 30 min)")
     p.add_argument("--interval", type=float, default=60.0, help="seconds per sample")
@@ -274,7 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             report = run_async(soak(args, args.url, args.pid))
         else:
-            settings = dict(s.split("=", 1) for s in args.set)
+            try:
+                settings = parse_settings(args.set)
+            except ValueError as err:
+                print(f"soak: {err}", file=sys.stderr)
+                return 2
             model = args.model or DEFAULT_MODEL_DIR
             with ManagedServer(model, args.out / "server.log", **settings) as server:
                 report = run_async(soak(args, server.url, server.pid))

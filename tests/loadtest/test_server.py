@@ -1,0 +1,30 @@
+"""The benchmark's and soak's server starter: settings reach ``abn serve`` under the right names,
+and a name it does not know stops the run instead of being ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.server import ManagedServer, parse_settings, setting_variable
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_setting_names_are_normalised_once() -> None:
+    assert setting_variable("torch_threads") == "ABN_TORCH_THREADS"
+    assert setting_variable("ABN_TORCH_THREADS") == "ABN_TORCH_THREADS"  # not ABN_ABN_...
+    assert setting_variable("abn_torch_threads") == "ABN_TORCH_THREADS"
+    assert parse_settings(["ABN_TORCH_THREADS=1", "max_queue_delay_seconds=0.002"]) == {
+        "ABN_TORCH_THREADS": "1",
+        "ABN_MAX_QUEUE_DELAY_SECONDS": "0.002",
+    }
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_settings(["torch_threads"])
+
+
+def test_an_unknown_setting_stops_the_server_at_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = ManagedServer(tiny_model_dir, tmp_path / "server.log", torch_thread=1)
+    with pytest.raises(RuntimeError, match="did you mean ABN_TORCH_THREADS"):
+        server.start(ready_timeout=30)
