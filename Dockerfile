@@ -60,6 +60,9 @@ COPY --from=builder /opt/venv /opt/venv
 # Owned by root and read-only to the service user: the process cannot alter its own model.
 COPY ${MODEL_DIR} /opt/abn/model
 # Every setting is an ABN_* variable (see docs/operations.md); override with `-e` / env.
+# ABN_HOST=0.0.0.0 on purpose: `abn serve` binds 127.0.0.1 unless told otherwise, which inside
+# a container would refuse every connection from outside it (who can reach the port is decided
+# where it is published: compose.yaml publishes it on 127.0.0.1).
 ENV PATH=/opt/venv/bin:${PATH} \
     ABN_MODEL_DIR=/opt/abn/model \
     ABN_HOST=0.0.0.0 \

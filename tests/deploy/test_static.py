@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -104,15 +105,29 @@ def test_dockerfile_installs_like_make_serve() -> None:
 # -- compose ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile", [None, "gpu"])
 def test_docker_compose_config_accepts_compose_yaml(
-    docker_compose: str, profile: str | None
+    docker_compose: str, profile: str | None, tmp_path: Path
 ) -> None:
     args = [docker_compose, "--project-directory", ROOT, "-f", ROOT / "compose.yaml"]
+    no_env = tmp_path / "empty.env"
+    no_env.write_text("")
+    args += ["--env-file", no_env]  # not a developer's own .env
     if profile:
         args += ["--profile", profile]
-    result = run([*args, "config"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "ABN_"))}
+    refused = run([*args, "config"], env=env)  # no Grafana password: no admin/admin either
+    assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr
+    result = run([*args, "config"], env={**env, "GRAFANA_ADMIN_PASSWORD": "secret"})
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
+    for name, service in services.items():  # published on this machine only, by default
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
+    assert not any("lifecycle" in arg for arg in services["prometheus"]["command"])
+    assert services["abn"]["environment"]["ABN_HOST"] == "0.0.0.0"  # inside the container
     assert {"abn", "abn-gpu", "prometheus", "grafana"} <= set(services)
     devices = services["abn-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -290,3 +305,10 @@ def test_operations_doc_describes_every_panel_and_alert() -> None:
         assert f"**{title}**" in doc, f"docs/operations.md does not describe panel {title!r}"
     for alert, _ in rule_exprs():
         assert f"### {alert}\n" in doc, f"docs/operations.md has no section for {alert}"
+
+
+def test_compose_secrets_are_ignored_and_the_example_is_committed() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored
+    example = (ROOT / ".env.example").read_text()
+    assert "GRAFANA_ADMIN_PASSWORD=\n" in example  # empty: no password is shipped
