@@ -237,8 +237,10 @@ def service_dashboard() -> dashboard.Dashboard:
         series_panel(
             "Request rate by status code (/classify)",
             "Answers per second of POST /classify, by HTTP status: 200 served; 4xx the "
-            "client's fault (400 bad image, 413 too large, 415 type, 422 budget); 429 shed "
-            "because the queue is full; 503 not ready or draining; 504 deadline passed.",
+            "client's fault (400 bad image, 408 body too slow, 413 too large, 415 type, 422 "
+            "budget); 429 shed because the queue is full; 499 the client left before its "
+            "answer (not an error of the server); 500 inference failed; 503 not ready, "
+            "draining or over ABN_LIMIT_CONCURRENCY; 504 deadline passed.",
             [
                 Query(
                     f"sum by (status_code) (rate(abn_requests_total{{{CLASSIFY}}}[{RATE}]))",
@@ -267,13 +269,16 @@ def service_dashboard() -> dashboard.Dashboard:
     d = d.with_panel(
         series_panel(
             "Error, shed and client-error ratio (/classify)",
-            "Share of /classify answers that are 5xx (the service failed: alert above 1%), "
-            "429 (load shed: scale out) and other 4xx (clients sending bad requests).",
+            "Share of /classify requests that are 5xx (the service failed: alert above 1%), "
+            "429 (load shed: scale out), 499 (the client left before its answer: its own "
+            "timeout, or a crash; not counted as an error) and other 4xx (clients sending bad "
+            "requests).",
             [
                 Query(ratio_of_requests('status_code=~"5.."'), legend="5xx"),
                 Query(ratio_of_requests('status_code="429"'), legend="429 (queue full)"),
+                Query(ratio_of_requests('status_code="499"'), legend="499 (client left)"),
                 Query(
-                    ratio_of_requests('status_code=~"4..", status_code!="429"'),
+                    ratio_of_requests('status_code=~"4..", status_code!~"429|499"'),
                     legend="other 4xx",
                 ),
             ],
