@@ -92,7 +92,7 @@ def format_number(value: float) -> str:
     dependencies=[Depends(require_api_key)],
     responses={
         200: {"headers": _CLASSIFY_HEADERS},
-        **error_responses(400, 401, 413, 415, 422, 429, 503, 504),
+        **error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
     },
     openapi_extra=_CLASSIFY_BODY,
 )
@@ -333,7 +333,7 @@ async def model_card(state: ServiceState = Depends(get_state)) -> ModelCard:
     response_model=FeedbackResponse,
     summary="the true label of an earlier request, for live accuracy",
     dependencies=[Depends(require_api_key)],
-    responses=error_responses(401, 404, 409, 422, 503),
+    responses=error_responses(401, 404, 408, 409, 422, 503),
 )
 async def feedback(
     body: FeedbackRequest, state: ServiceState = Depends(get_state)

@@ -144,12 +144,15 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "the body is not a decodable image (or the multipart has no 'image')",
         401: "ABN_API_KEY is set and the bearer token is missing or wrong",
         404: "unknown or expired request id",
+        408: "the body did not arrive within ABN_BODY_TIMEOUT_SECONDS; the connection is closed",
         409: "feedback for this id was already given",
         413: "the body or the image's pixel count is over the limit",
         415: "unsupported Content-Type",
         422: "invalid header or body (budget, bit-widths, request id, label)",
         429: "the queue is full; see Retry-After",
-        503: "not ready (Retry-After while loading), or shutting down",
+        500: "the model failed on this image (inference_failed); the server log has the id",
+        503: "not ready (Retry-After while loading), shutting down, or overloaded "
+        "(ABN_LIMIT_CONCURRENCY)",
         504: "the request waited past its deadline",
     }
     headers: dict[int, dict[str, Any]] = {
