@@ -28,3 +28,15 @@ def test_an_unknown_setting_stops_the_server_at_once(tiny_model_dir: Path, tmp_p
     server = ManagedServer(tiny_model_dir, tmp_path / "server.log", torch_thread=1)
     with pytest.raises(RuntimeError, match="did you mean ABN_TORCH_THREADS"):
         server.start(ready_timeout=30)
+
+
+def test_the_slow_client_tool_is_bounded_and_local(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.slow_clients import main
+
+    assert main(["--host", "192.0.2.1", "--port", "8000"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    assert main(["--port", "8000", "--connections", "20001"]) == 2
+    assert main(["--port", "8000", "--seconds", "601"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
