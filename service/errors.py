@@ -109,11 +109,6 @@ class DeadlineExceeded(ServiceError):
     error_type = "deadline_exceeded"
 
 
-class Overloaded(ServiceError):
-    status_code = 503
-    error_type = "overloaded"
-
-
 class ClientGone(ClientDisconnect):
     """The client closed its connection while its request waited for the model.
 
