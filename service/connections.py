@@ -7,7 +7,9 @@ that connects and sends nothing, or a header line every few seconds, holds a fil
 forever. The ASGI app cannot see such a connection at all: it exists only once the headers are
 complete. :class:`GuardedHttpToolsProtocol` arms a timer when a connection opens and when each
 later request on it begins, and closes the connection if the headers are not complete in time
-(with a JSON 408 when part of a request had arrived; silently when nothing had).
+(with a JSON 408 when part of a request had arrived; silently when nothing had). Their size is
+bounded too: httptools (unlike h11) buffers a request line and headers of any length, so more
+than :data:`MAX_HEADER_BYTES` before the headers are complete is answered 431 and closed.
 
 uvicorn's own ``--limit-concurrency`` answers a plain-text 503 and logs a warning for every
 refused request, which in a flood is a second flood, in the log. The same rule is applied here
@@ -29,24 +31,39 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 OVERLOADED_KEY = "abn.overloaded"
+# Request line plus headers; the requests of the contract need well under 8 KiB. (nginx allows
+# 4 x 8 KiB by default, Node.js 16 KiB.)
+MAX_HEADER_BYTES = 64 * 1024
 
 
-def header_timeout_response(seconds: float) -> bytes:
-    """The raw 408 written when a request's headers did not arrive in time."""
-    body = json.dumps(
-        {
-            "error": f"the request headers did not arrive within {seconds:g}s "
-            f"(ABN_HEADER_TIMEOUT_SECONDS); the connection is closed",
-            "error_type": "header_timeout",
-        }
-    ).encode()
+def raw_error(status: str, error_type: str, message: str) -> bytes:
+    """A complete JSON error response with ``Connection: close``, written by the protocol
+    itself (there is no ASGI request yet to answer through)."""
+    body = json.dumps({"error": message, "error_type": error_type}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
+        f"HTTP/1.1 {status}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def header_timeout_response(seconds: float) -> bytes:
+    """The raw 408 written when a request's headers did not arrive in time."""
+    return raw_error(
+        "408 Request Timeout",
+        "header_timeout",
+        f"the request headers did not arrive within {seconds:g}s (ABN_HEADER_TIMEOUT_SECONDS); "
+        f"the connection is closed",
+    )
+
+
+HEADERS_TOO_LARGE = raw_error(
+    "431 Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request line and headers exceed {MAX_HEADER_BYTES} bytes; the connection is closed",
+)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -63,6 +80,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limit_concurrency = None  # uvicorn's own check is replaced by the one below
         self._header_timer: asyncio.TimerHandle | None = None
         self._request_begun = False
+        self._awaiting_headers = True
+        self._header_bytes = 0
 
     @classmethod
     def configured(
@@ -96,6 +115,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing, so a chunk that completes the headers and carries body bytes
+        # after them is not mistaken for oversized headers (asyncio reads at most 256 KiB).
+        if (
+            self._awaiting_headers
+            and self._header_bytes > MAX_HEADER_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._cancel_header_timer()
+            self.transport.write(HEADERS_TOO_LARGE)
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
@@ -103,11 +137,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_begun = True
+        if not self._awaiting_headers:  # a later request on a kept-alive connection
+            self._awaiting_headers = True
+            self._header_bytes = 0
         self._arm_header_timer()  # a later request on a kept-alive connection: from its 1st byte
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         self._request_begun = False
+        self._awaiting_headers = False
         limit = self.max_concurrency
         if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
             self.scope[OVERLOADED_KEY] = True  # type: ignore[literal-required]

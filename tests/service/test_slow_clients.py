@@ -1,10 +1,11 @@
 """Integration: what the network does to a real ``abn serve``, over raw sockets.
 
-Slow uploads and slow headers are cut off at their deadlines (408, connection closed); a
-response sent before its body arrived closes the connection; clients that vanish mid-upload or
-while queued are counted 499 and logged at INFO without a traceback, and a vanished client's
-queued work never reaches the model; past the concurrency cap a request is answered 503 at
-once. One server, short deadlines, every test a few seconds.
+Slow uploads and slow headers are cut off at their deadlines (408, connection closed), and
+oversized headers at 64 KiB (431); a response sent before its body arrived closes the
+connection; clients that vanish mid-upload or while queued are counted 499 and logged at INFO
+without a traceback, and a vanished client's queued work never reaches the model; past the
+concurrency cap a request is answered 503 at once. One server, short deadlines, every test a
+few seconds.
 """
 
 from __future__ import annotations
@@ -117,6 +118,16 @@ def test_slow_or_absent_headers_are_cut_off(server: ServerProcess) -> None:
         assert HEADER_TIMEOUT * 0.9 <= closed - start < HEADER_TIMEOUT + 1.5
         raw, closed = read_until_closed(silent)  # sent nothing: closed without a word
         assert raw == b"" and closed - start < HEADER_TIMEOUT + 1.5
+
+
+def test_oversized_headers_get_431_and_the_connection_closes(server: ServerProcess) -> None:
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 100_000)
+        raw, closed = read_until_closed(sock)
+    status, headers, body = parse(raw)
+    assert status == 431 and body["error_type"] == "headers_too_large", raw
+    assert headers["connection"] == "close" and closed - start < HEADER_TIMEOUT
 
 
 def test_an_answer_before_the_body_arrived_closes_the_connection(server: ServerProcess) -> None:
