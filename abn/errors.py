@@ -50,3 +50,18 @@ class ModelIntegrityError(ABNError):
 
 class DatasetNotFoundError(ABNError, FileNotFoundError):
     """A dataset directory or one of its files is absent."""
+
+
+class UncalibratedBatchNormError(ABNError, RuntimeError):
+    """A transitional BatchNorm pair was asked for whose statistics were never estimated."""
+
+    def __init__(self, layer: str, pairs: list[tuple[int, int]]) -> None:
+        shown = ", ".join(f"{i}->{b}" for i, b in pairs[:8])
+        more = f" and {len(pairs) - 8} more" if len(pairs) > 8 else ""
+        super().__init__(
+            f"{layer}: BatchNorm statistics of the (input width -> width) pairs {shown}{more} "
+            f"were never estimated; calibrate the supernet (abn.calibrate) before running it "
+            f"in eval mode"
+        )
+        self.layer = layer
+        self.pairs = pairs

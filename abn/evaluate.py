@@ -5,7 +5,9 @@ budgets; Pareto tables (JSON, Markdown) and a plot of accuracy against mean BitO
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from abn.baselines import BaselineSuite, compare_with_baselines
 from abn.bitops import CostTable, cost_table
 from abn.data import ImageSet, iterate_batches, load_fashion_mnist
 from abn.policy import WidthPolicy, rollout
@@ -61,22 +64,25 @@ def adaptive_accuracy(
     budget: float,
     batch_size: int = 500,
 ) -> dict:
-    """Accuracy, mean BitOps and budget violations of the policy at one budget."""
+    """Accuracy, mean BitOps and budget violations of the policy at one budget, and (under
+    ``"correct"``, a tensor to pop before writing JSON) each image's correctness."""
     device = next(net.parameters()).device
-    correct, spent, violations, widths = 0, [], 0, []
+    correct, spent, violations, widths = [], [], 0, []
     for images, labels in iterate_batches(data, batch_size, shuffle=False):
         budgets = torch.full((images.shape[0],), budget, dtype=torch.float64)
         r = rollout(net, table, normalize(images.to(device), input_spec), budgets, policy)
-        correct += int((r.logits.argmax(1).cpu() == labels).sum())
+        correct.append(r.logits.argmax(1).cpu() == labels)
         spent.append(r.bitops.cpu())
         violations += int((r.bitops.cpu() > budgets).sum())
         widths.append(r.widths.cpu())
     spent_all = torch.cat(spent)
     w = torch.cat(widths).float()
+    correct_all = torch.cat(correct)
     return {
+        "correct": correct_all,
         "budget": budget,
         "mean_bitops": float(spent_all.mean()),
-        "accuracy": correct / len(data),
+        "accuracy": int(correct_all.sum()) / len(data),
         "violations": violations,
         "mean_widths": [round(v, 3) for v in w.mean(0).tolist()],
         "distinct_configs": int(torch.unique(torch.cat(widths), dim=0).shape[0]),
@@ -122,6 +128,45 @@ def greedy_static_search(
             )
             bar.update(1)
     return path
+
+
+def interpolate_uniform(uniform: list[dict], bitops: float) -> float:
+    """Accuracy of the uniform-width curve at ``bitops``: piecewise linear in log BitOps between
+    the uniform points (the axis the Pareto plot uses), flat beyond the cheapest and dearest."""
+    points = sorted((math.log(u["bitops"]), u["accuracy"]) for u in uniform)
+    x = math.log(bitops)
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def mixing_summary(points: list[dict], uniform: list[dict]) -> dict:
+    """How random per-layer configurations compare with the uniform curve: each one's accuracy
+    minus the uniform curve at its BitOps, and the worst one against the cheapest uniform."""
+    gaps = [p["accuracy"] - interpolate_uniform(uniform, p["bitops"]) for p in points]
+    cheapest = min(uniform, key=lambda u: u["bitops"])["accuracy"]
+    worst = min(p["accuracy"] for p in points)
+    return {
+        "mean_gap_to_uniform_curve": sum(gaps) / len(gaps),
+        "min_gap_to_uniform_curve": min(gaps),
+        "worst_minus_cheapest_uniform": worst - cheapest,
+    }
+
+
+def uniform_ordering(uniform: list[dict]) -> list[dict]:
+    """Each width's accuracy against the next narrower width's (widths must buy accuracy)."""
+    ordered = sorted(uniform, key=lambda u: u["bit_widths"][0])
+    return [
+        {
+            "bits": hi["bit_widths"][0],
+            "narrower": lo["bit_widths"][0],
+            "difference": hi["accuracy"] - lo["accuracy"],
+        }
+        for lo, hi in itertools.pairwise(ordered)
+    ]
 
 
 def budgets_across(table: CostTable, count: int = 10) -> list[float]:
@@ -208,6 +253,18 @@ def plot_pareto(report: dict, path: Path) -> None:
             alpha=0.4,
             label="random static configs",
         )
+    styles = {"confidence_cascade": ("v:", "tab:purple"), "layerwise_cascade": ("d:", "tab:green")}
+    for name, (marker, color) in styles.items():
+        front = report.get("baselines", {}).get(name, [])
+        if front:
+            ax.plot(
+                [r["mean_bitops"] for r in front],
+                [100 * r["accuracy"] for r in front],
+                marker,
+                color=color,
+                ms=3,
+                label=f"{name.replace('_', ' ')} (thresholds from val)",
+            )
     ada = report.get("adaptive", [])
     if ada:
         ax.plot(
@@ -244,13 +301,24 @@ def markdown_report(report: dict) -> str:
         lines.append(
             f"| all {s['bit_widths'][0]}-bit | {s['bitops']:.4g} | {_pct(s['accuracy'])} |"
         )
+    if report.get("uniform_ordering"):
+        steps = ", ".join(
+            f"{o['narrower']}→{o['bits']}: {100 * o['difference']:+.2f}"
+            for o in report["uniform_ordering"]
+        )
+        lines += ["", f"Each width against the next narrower one (pt): {steps}."]
     rc = report.get("random_configs")
     if rc:
         lines += [
             "",
             f"## {rc['count']} random per-layer configurations",
             "",
-            f"accuracy mean {_pct(rc['mean'])} %, min {_pct(rc['min'])} %, max {_pct(rc['max'])} %",
+            f"accuracy mean {_pct(rc['mean'])} %, min {_pct(rc['min'])} %, "
+            f"max {_pct(rc['max'])} %; "
+            f"against the uniform curve at the same BitOps (log-linear interpolation): mean "
+            f"{100 * rc['mean_gap_to_uniform_curve']:+.2f} pt, worst "
+            f"{100 * rc['min_gap_to_uniform_curve']:+.2f} pt; worst configuration against the "
+            f"cheapest uniform one: {100 * rc['worst_minus_cheapest_uniform']:+.2f} pt.",
         ]
     if report.get("static_mixed"):
         lines += [
@@ -297,8 +365,42 @@ def markdown_report(report: dict) -> str:
             f"against the best static within budget: "
             f"**{_pct(s['worst_gap_vs_static_within_budget'])} pt**.",
         ]
+    lines += versus_markdown(report.get("versus_baselines", []))
     lines += ["", "![accuracy vs BitOps](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def versus_markdown(rows: list[dict]) -> list[str]:
+    """The policy against each baseline per budget: paired test difference, 95 % interval."""
+    if not rows:
+        return []
+    names = [v["baseline"] for v in rows[0]["versus"]]
+    lines = [
+        "",
+        "## Against the baselines (paired, 95 % bootstrap interval, pt)",
+        "",
+        "Each baseline's operating point is the validation-best one of no greater (validation) "
+        "mean BitOps that fits the budget.",
+        "",
+        "| budget | policy (%) | mean BitOps | " + " | ".join(names) + " |",
+        "|---:|---:|---:|" + "---|" * len(names),
+    ]
+    for r in rows:
+        cells = []
+        for v in r["versus"]:
+            if not v["available"]:
+                cells.append("none fits")
+                continue
+            cells.append(
+                f"{_pct(v['accuracy'])} @ {v['mean_bitops']:.3g}: {100 * v['difference']:+.2f} "
+                f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+            )
+        lines.append(
+            f"| {r['budget']:.4g} | {_pct(r['accuracy'])} | {r['mean_bitops']:.4g} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 @dataclass
@@ -315,6 +417,7 @@ class EvaluateOptions:
 
 
 def evaluate_model(opts: EvaluateOptions) -> dict:
+    """Every table of the report (see the module docstring), written to ``opts.out``."""
     md = open_model_dir(opts.model)
     net = md.load_supernet(opts.device).fold_for_inference()
     policy = md.load_policy(opts.device)
@@ -322,6 +425,7 @@ def evaluate_model(opts: EvaluateOptions) -> dict:
     spec = md.input_spec
     test = load_fashion_mnist("test", opts.data_dir)
     val = load_fashion_mnist("val", opts.data_dir)
+    suite = BaselineSuite(net, table, val, test, spec)
     report: dict = {
         "model": {"name": md.manifest["name"], "version": md.manifest["version"]},
         "test_images": len(test),
@@ -329,99 +433,160 @@ def evaluate_model(opts: EvaluateOptions) -> dict:
         "max_bitops": table.max_bitops,
         "layers": table.to_dict()["layers"],
     }
-
     report["static_uniform"] = [
-        {
-            "bit_widths": net.uniform(b),
-            "bitops": table.cost(net.uniform(b)),
-            "accuracy": static_accuracy(net, test, spec, net.uniform(b)),
-        }
-        for b in tqdm(net.bit_candidates, desc="uniform widths")
+        static_row(suite, net.uniform(b)) for b in tqdm(net.bit_candidates, desc="uniform widths")
     ]
+    report["uniform_ordering"] = uniform_ordering(report["static_uniform"])
     if opts.random_configs:
-        rng = random.Random(0)
-        points = []
-        for _ in tqdm(range(opts.random_configs), desc="random configs", mininterval=2.0):
-            config = [rng.choice(net.bit_candidates) for _ in range(net.num_switchable)]
-            points.append(
-                {
-                    "bit_widths": config,
-                    "bitops": table.cost(config),
-                    "accuracy": static_accuracy(net, test, spec, config),
-                }
-            )
-        accs = [p["accuracy"] for p in points]
-        report["random_configs"] = {
-            "count": len(points),
-            "mean": sum(accs) / len(accs),
-            "min": min(accs),
-            "max": max(accs),
-            "points": points,
-        }
+        report["random_configs"] = random_configs(net, table, test, spec, report, opts)
     static_all = list(report["static_uniform"])
     if opts.search and len(net.bit_candidates) > 1:
         path = greedy_static_search(net, table, val.subset(slice(0, opts.search_images)), spec)
-        for p in tqdm(path, desc="searched configs on test", mininterval=2.0):
-            p["accuracy"] = static_accuracy(net, test, spec, p["bit_widths"])
-        report["static_mixed"] = path
-        static_all += path
-    if policy is not None:
-        report["adaptive"] = [
-            adaptive_accuracy(net, table, policy, test, spec, b)
-            for b in tqdm(budgets_across(table, opts.budgets), desc="adaptive budgets")
+        report["static_mixed"] = [
+            {**static_row(suite, p["bit_widths"]), "search_val_accuracy": p["val_accuracy"]}
+            for p in tqdm(path, desc="searched configs", mininterval=2.0)
         ]
-        report["comparison"] = compare_adaptive(report["adaptive"], static_all)
-        comp = report["comparison"]
-        report["summary"] = {
-            "violations": sum(a["violations"] for a in report["adaptive"]),
-            "best_gain_at_equal_mean_bitops": max(
-                (
-                    c["gain_at_equal_mean_bitops"]
-                    for c in comp
-                    if c["gain_at_equal_mean_bitops"] is not None
-                ),
-                default=None,
-            ),
-            "best_bitops_saving": max(
-                (
-                    c["bitops_saving_at_equal_accuracy"]
-                    for c in comp
-                    if c["bitops_saving_at_equal_accuracy"] is not None
-                ),
-                default=None,
-            ),
-            "worst_gap_vs_static_within_budget": min(
-                (
-                    c["gain_vs_static_within_budget"]
-                    for c in comp
-                    if c["gain_vs_static_within_budget"] is not None
-                ),
-                default=None,
-            ),
-        }
-    out = opts.out or (md.path / "evaluation")
+        static_all += report["static_mixed"]
+    if len(net.bit_candidates) > 1:
+        add_baselines(report, suite, static_all)
+    if policy is not None:
+        add_adaptive(report, suite, policy, static_all, opts)
+    write_report(report, opts.out or (md.path / "evaluation"))
+    if opts.update_manifest:
+        update_manifest(md.path, accuracy=manifest_tables(report, static_all, len(test)))
+    return report
+
+
+def static_row(suite: BaselineSuite, config: Sequence[int]) -> dict:
+    """A static configuration's BitOps and accuracy on test and on the whole validation split."""
+    labels_val, labels_test = suite.labels("val"), suite.labels("test")
+    val = suite.scores("val", config).correct(labels_val)
+    test = suite.scores("test", config).correct(labels_test)
+    cost = suite.table.cost(config)
+    return {
+        "bit_widths": list(config),
+        "bitops": cost,
+        "accuracy": int(test.sum()) / len(test),
+        "val_accuracy": int(val.sum()) / len(val),
+        "mean_bitops": cost,
+        "val_mean_bitops": cost,
+    }
+
+
+def random_configs(
+    net: Supernet,
+    table: CostTable,
+    test: ImageSet,
+    spec: InputSpec,
+    report: dict,
+    opts: EvaluateOptions,
+) -> dict:
+    rng = random.Random(0)
+    points = []
+    for _ in tqdm(range(opts.random_configs), desc="random configs", mininterval=2.0):
+        config = [rng.choice(net.bit_candidates) for _ in range(net.num_switchable)]
+        points.append(
+            {
+                "bit_widths": config,
+                "bitops": table.cost(config),
+                "accuracy": static_accuracy(net, test, spec, config),
+            }
+        )
+    accs = [p["accuracy"] for p in points]
+    return {
+        "count": len(points),
+        "mean": sum(accs) / len(accs),
+        "min": min(accs),
+        "max": max(accs),
+        **mixing_summary(points, report["static_uniform"]),
+        "points": points,
+    }
+
+
+def add_baselines(report: dict, suite: BaselineSuite, static_all: list[dict]) -> None:
+    """Cascade fronts (validation-chosen, test-scored) and the per-image oracle."""
+    cascades = suite.cascades()
+    report["baselines"] = {
+        "confidence_cascade": cascades["confidence"],
+        "layerwise_cascade": cascades["layerwise"],
+        "oracle": suite.oracle([s["bit_widths"] for s in static_all]),
+    }
+
+
+def add_adaptive(
+    report: dict,
+    suite: BaselineSuite,
+    policy: WidthPolicy,
+    static_all: list[dict],
+    opts: EvaluateOptions,
+) -> None:
+    """The policy at every budget, on test and validation, against every baseline."""
+    net, table, spec = suite.net, suite.table, suite.spec
+    budgets = budgets_across(table, opts.budgets)
+    runs = {
+        split: [
+            adaptive_accuracy(net, table, policy, suite.splits[split], spec, b)
+            for b in tqdm(budgets, desc=f"adaptive budgets ({split})")
+        ]
+        for split in ("test", "val")
+    }
+    cascades = {
+        "confidence": report["baselines"]["confidence_cascade"],
+        "layerwise": report["baselines"]["layerwise_cascade"],
+    }
+    report["versus_baselines"] = compare_with_baselines(
+        suite, runs["test"], runs["val"], static_all, cascades
+    )
+    for split in ("test", "val"):
+        for row in runs[split]:
+            row.pop("correct")
+    report["adaptive"] = runs["test"]
+    report["adaptive_val"] = runs["val"]
+    report["comparison"] = compare_adaptive(report["adaptive"], static_all)
+    report["summary"] = adaptive_summary(report)
+
+
+def adaptive_summary(report: dict) -> dict:
+    comp = report["comparison"]
+
+    def best(key: str, pick=max):  # noqa: ANN001, ANN202
+        values = [c[key] for c in comp if c[key] is not None]
+        return pick(values, default=None)
+
+    return {
+        "violations": sum(a["violations"] for a in report["adaptive"]),
+        "best_gain_at_equal_mean_bitops": best("gain_at_equal_mean_bitops"),
+        "best_bitops_saving": best("bitops_saving_at_equal_accuracy"),
+        "worst_gap_vs_static_within_budget": best("gain_vs_static_within_budget", min),
+    }
+
+
+def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown_report(report))
     plot_pareto(report, out / "pareto.png")
-    if opts.update_manifest:
-        static_card = [{k: s[k] for k in ("bit_widths", "bitops", "accuracy")} for s in static_all]
-        adaptive_card = [
-            {k: a[k] for k in ("budget", "mean_bitops", "accuracy")}
-            for a in report.get("adaptive", [])
-        ]
-        summary = {k: report[k] for k in ("random_configs",) if k in report}
-        if summary:
-            summary["random_configs"] = {
-                k: v for k, v in summary["random_configs"].items() if k != "points"
-            }
-        update_manifest(
-            md.path,
-            accuracy={
-                "static": static_card,
-                "adaptive": adaptive_card,
-                "test_images": len(test),
-                **summary,
-            },
-        )
-    return report
+
+
+def manifest_tables(report: dict, static_all: list[dict], test_images: int) -> dict:
+    """The accuracy tables the model card serves (``accuracy`` in the manifest)."""
+    static_card = [{k: s[k] for k in ("bit_widths", "bitops", "accuracy")} for s in static_all]
+    adaptive_card = [
+        {k: a[k] for k in ("budget", "mean_bitops", "accuracy")} for a in report.get("adaptive", [])
+    ]
+    tables: dict = {"static": static_card, "adaptive": adaptive_card, "test_images": test_images}
+    if "random_configs" in report:
+        tables["random_configs"] = {
+            k: v for k, v in report["random_configs"].items() if k != "points"
+        }
+    if "uniform_ordering" in report:
+        tables["uniform_ordering"] = report["uniform_ordering"]
+    if "baselines" in report:
+        b = report["baselines"]
+        keep = ("family", "dear", "threshold", "min_budget", "mean_bitops", "accuracy")
+        tables["baselines"] = {
+            "confidence_cascade": [{k: r[k] for k in keep} for r in b["confidence_cascade"]],
+            "layerwise_cascade": [{k: r[k] for k in keep} for r in b["layerwise_cascade"]],
+            "oracle": b["oracle"],
+        }
+    return tables

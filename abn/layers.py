@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from abn.errors import UnknownBitWidthError
+from abn.errors import UncalibratedBatchNormError, UnknownBitWidthError
 from abn.quant import (
     MaxAbsWeightQuantizer,
     SwitchableActivationQuantizer,
@@ -24,25 +24,106 @@ from abn.quant import (
 FIXED_BITS = 8  # stem and classifier, unless a spec says otherwise (the FP32 reference)
 
 
-class BitSpecificBatchNorm2d(nn.Module):
-    """One BatchNorm per width (Quantizable DNNs): each width shifts the conv output statistics,
-    so sharing one set of running statistics would be wrong for all but one width.
+BN_MODES = ("transitional", "per_width", "shared")
 
-    ``bit_specific=False`` keeps a single BN for every width (the ablation).
+
+class TransitionalBatchNorm2d(nn.Module):
+    """One BatchNorm per (input width, own width) pair of a switchable layer (Bit-Mixer).
+
+    A layer's output statistics depend on its own width *and* on the width of the layer that
+    produced its input (a 2-bit feeder hands over a coarser, differently scaled map), so one
+    BN per own width (Quantizable DNNs' bit-specific BN) is right only for uniform
+    configurations. ``mode`` picks the ablations: ``"per_width"`` keys by own width only,
+    ``"shared"`` keeps one BN for every width.
+
+    A pair whose statistics were never estimated (``num_batches_tracked == 0``: neither trained
+    nor calibrated) is an error in eval mode, never a silent fallback to another pair's BN.
+
+    For inference :meth:`affine_table` gives every pair's BN as a per-channel scale and shift,
+    row ``pair_index(in_bits, bits)``, so a batch whose samples come from different feeders is
+    normalised by one gather and one multiply-add after a single convolution per own width.
     """
 
-    def __init__(self, channels: int, bit_candidates: tuple[int, ...], bit_specific: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        input_widths: tuple[int, ...],
+        bit_candidates: tuple[int, ...],
+        mode: str = "transitional",
+        name: str = "",
+    ) -> None:
         super().__init__()
+        if mode not in BN_MODES:
+            raise ValueError(f"unknown BatchNorm mode {mode!r}; choose one of {BN_MODES}")
+        self.name = name
+        self.mode = mode
+        self.input_widths = tuple(input_widths)
         self.bit_candidates = tuple(bit_candidates)
-        self.bit_specific = bit_specific
-        keys = [str(b) for b in self.bit_candidates] if bit_specific else ["shared"]
-        self.norms = nn.ModuleDict({k: nn.BatchNorm2d(channels) for k in keys})
+        self.norms = nn.ModuleDict(
+            {k: nn.BatchNorm2d(channels) for k in dict.fromkeys(self.keys())}
+        )
+        # width -> position, for the gathers of the inference path (built once, not per call)
+        self.register_buffer("_in_position", self._positions(self.input_widths), persistent=False)
 
-    def norm_for(self, bits: int) -> nn.BatchNorm2d:
-        return self.norms[str(bits) if self.bit_specific else "shared"]
+    @staticmethod
+    def _positions(widths: tuple[int, ...]) -> torch.Tensor:
+        lookup = torch.full((max(widths) + 1,), -1, dtype=torch.long)
+        lookup[list(widths)] = torch.arange(len(widths))
+        return lookup
 
-    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        return self.norm_for(bits)(x)
+    def key(self, in_bits: int, bits: int) -> str:
+        if self.mode == "transitional":
+            return f"{in_bits}_{bits}"
+        return str(bits) if self.mode == "per_width" else "shared"
+
+    def keys(self) -> list[str]:
+        """The key of every (input width, own width) pair, row order of :meth:`affine_table`."""
+        return [self.key(i, b) for i in self.input_widths for b in self.bit_candidates]
+
+    def norm_for(self, in_bits: int, bits: int) -> nn.BatchNorm2d:
+        if in_bits not in self.input_widths:
+            raise UnknownBitWidthError(in_bits, self.input_widths, f"the input of {self.name}")
+        return self.norms[self.key(in_bits, bits)]
+
+    def unseen_pairs(self) -> list[tuple[int, int]]:
+        """Pairs whose running statistics were never estimated."""
+        return [
+            (i, b)
+            for i in self.input_widths
+            for b in self.bit_candidates
+            if int(self.norms[self.key(i, b)].num_batches_tracked) == 0
+        ]
+
+    def check_seen(self, bn: nn.BatchNorm2d, in_bits: int, bits: int) -> None:
+        if int(bn.num_batches_tracked) == 0:
+            raise UncalibratedBatchNormError(self.name, [(in_bits, bits)])
+
+    def forward(self, x: torch.Tensor, in_bits: int, bits: int) -> torch.Tensor:
+        bn = self.norm_for(in_bits, bits)
+        if not self.training:
+            self.check_seen(bn, in_bits, bits)
+        return bn(x)
+
+    def pair_index(self, in_bits: int | torch.Tensor, bits: int) -> int | torch.Tensor:
+        """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample)."""
+        own = self.bit_candidates.index(bits)
+        if isinstance(in_bits, int):
+            return self.input_widths.index(in_bits) * len(self.bit_candidates) + own
+        return self._in_position[in_bits] * len(self.bit_candidates) + own
+
+    @torch.no_grad()
+    def affine_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode BN of every pair as ``(scale, shift)``, each ``(pairs, channels)``."""
+        unseen = self.unseen_pairs()
+        if unseen:
+            raise UncalibratedBatchNormError(self.name, unseen)
+        scales, shifts = [], []
+        for k in self.keys():
+            bn = self.norms[k]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            scales.append(scale)
+            shifts.append(bn.bias - bn.running_mean * scale)
+        return torch.stack(scales).contiguous(), torch.stack(shifts).contiguous()
 
 
 def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,13 +142,17 @@ def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
     return torch.clamp(x / step, 0, high).round_().mul_(step)
 
 
-class SwitchableConvBN(nn.Module):
-    """Conv2d + Bit-Specific BN whose weights and input activations are quantized to ``bits``.
+Widths = int | torch.Tensor  # one width for a whole batch, or one per sample
 
-    Holds one full-precision weight shared by every width. For inference,
-    :meth:`fold_for_inference` quantizes the weight once per width and folds that width's BN
-    (exact in eval mode: BN is affine per output channel), so a request only pays for
-    quantizing its activations.
+
+class SwitchableConvBN(nn.Module):
+    """Conv2d + transitional BN whose weights and input activations are quantized to ``bits``.
+
+    Holds one full-precision weight shared by every width. ``input_widths`` are the widths the
+    layer feeding this one can run at (the stem's fixed width for the first block). For
+    inference, :meth:`fold_for_inference` quantizes the weight once per width and turns every
+    BN pair into a row of a (pair, channel) scale/shift table, so a request pays for
+    quantizing its activations, one conv per width group and one gathered multiply-add.
     """
 
     def __init__(
@@ -79,12 +164,14 @@ class SwitchableConvBN(nn.Module):
         bit_candidates: tuple[int, ...],
         name: str,
         *,
-        bit_specific_bn: bool = True,
+        input_widths: tuple[int, ...] | None = None,
+        bn_mode: str = "transitional",
         switchable_clipping: bool = True,
     ) -> None:
         super().__init__()
         self.name = name
         self.bit_candidates = tuple(sorted(bit_candidates))
+        self.input_widths = tuple(sorted(input_widths or self.bit_candidates))
         self.stride = stride
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
@@ -93,8 +180,10 @@ class SwitchableConvBN(nn.Module):
         self.act_quantizer = SwitchableActivationQuantizer(
             self.bit_candidates, switchable=switchable_clipping
         )
-        self.bn = BitSpecificBatchNorm2d(out_channels, self.bit_candidates, bit_specific_bn)
-        self._folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.bn = TransitionalBatchNorm2d(
+            out_channels, self.input_widths, self.bit_candidates, bn_mode, name
+        )
+        self._folded: _FoldedConv | None = None
 
     def check_bits(self, bits: int) -> int:
         """``bits`` as an int, or :class:`UnknownBitWidthError` (a float such as 4.0 included)."""
@@ -106,36 +195,79 @@ class SwitchableConvBN(nn.Module):
             raise UnknownBitWidthError(bits, self.bit_candidates, self.name)
         return value
 
-    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bits: int, in_bits: Widths) -> torch.Tensor:
+        """``x`` through the layer at ``bits``; ``in_bits`` is the width of the layer that
+        produced ``x``, one int or one per sample (it picks the BN pair)."""
         bits = self.check_bits(bits)
         if self._folded is not None and not self.training:
-            weight, bias, step, high = self._folded[bits]
-            xq = quantize_unsigned(x, step, high)
-            return F.conv2d(xq, weight, bias, self.stride, self.padding)
+            return self._folded.run(x, bits, in_bits, self.stride, self.padding)
         xq = self.act_quantizer(x, bits)
         wq = self.weight_quantizer(self.weight, bits)
-        return self.bn(F.conv2d(xq, wq, None, self.stride, self.padding), bits)
+        y = F.conv2d(xq, wq, None, self.stride, self.padding)
+        if isinstance(in_bits, int):
+            return self.bn(y, in_bits, bits)
+        return run_grouped(lambda part, feeder: self.bn(part, feeder, bits), y, in_bits)
 
     @torch.no_grad()
     def fold_for_inference(self) -> None:
-        """Cache, per width, the quantized weight with that width's eval-mode BN folded in, and
-        the activation step as a Python number: a request then pays three elementwise ops and
-        one conv per layer, instead of recomputing the step from its parameter every call."""
-        folded = {}
+        """Cache, per width, the quantized weight and the activation step as a Python number,
+        and every BN pair as a row of one scale/shift table: a request then pays three
+        elementwise ops, one conv and one multiply-add per layer and width group."""
+        weights, steps = {}, {}
         for bits in self.bit_candidates:
-            wq = self.weight_quantizer(self.weight, bits)
-            weight, bias = fold_batch_norm(wq, self.bn.norm_for(bits))
-            step, high = self.act_quantizer.step_for(bits)
-            folded[bits] = (weight, bias, step, high)
-        self._folded = folded
-
-    def unfold(self) -> None:
-        self._folded = None
+            weights[bits] = self.weight_quantizer(self.weight, bits).contiguous()
+            steps[bits] = self.act_quantizer.step_for(bits)
+        scale, shift = self.bn.affine_table()
+        self._folded = _FoldedConv(weights, steps, scale, shift, self.bn)
 
     def train(self, mode: bool = True) -> SwitchableConvBN:
         if mode:
             self._folded = None  # weights will change; a stale cache would be silently wrong
         return super().train(mode)
+
+
+class _FoldedConv:
+    """The frozen inference form of a :class:`SwitchableConvBN` (see ``fold_for_inference``).
+
+    Two paths, the same arithmetic: a group whose samples share one feeder width runs one conv
+    with that pair's BN folded into weight and bias (folded once, here, for every pair); a
+    group with mixed feeders runs one conv at its width, then each sample's scale and shift
+    are gathered from the (pair, channel) table.
+    """
+
+    def __init__(
+        self,
+        weights: dict[int, torch.Tensor],
+        steps: dict[int, tuple[float, int]],
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        bn: TransitionalBatchNorm2d,
+    ) -> None:
+        self.weights = weights
+        self.steps = steps
+        self.scale = scale
+        self.shift = shift
+        self.bn = bn
+        self.pair_weights = {
+            bn.pair_index(i, b): (
+                weights[b] * scale[bn.pair_index(i, b)].view(-1, 1, 1, 1)
+            ).contiguous()
+            for i in bn.input_widths
+            for b in bn.bit_candidates
+        }
+
+    def run(
+        self, x: torch.Tensor, bits: int, in_bits: Widths, stride: int, padding: int
+    ) -> torch.Tensor:
+        step, high = self.steps[bits]
+        xq = quantize_unsigned(x, step, high)
+        row = self.bn.pair_index(in_bits, bits)
+        if isinstance(row, int):
+            return F.conv2d(xq, self.pair_weights[row], self.shift[row], stride, padding)
+        y = F.conv2d(xq, self.weights[bits], None, stride, padding)
+        return torch.addcmul(
+            self.shift[row][:, :, None, None], y, self.scale[row][:, :, None, None]
+        )
 
 
 class FixedConvBN(nn.Module):
@@ -211,18 +343,22 @@ class FixedLinear(nn.Module):
 
 
 def run_grouped(
-    layer: Callable[[torch.Tensor, int], torch.Tensor],
+    layer: Callable[..., torch.Tensor],
     x: torch.Tensor,
-    widths: int | torch.Tensor,
+    widths: Widths,
+    in_widths: Widths | None = None,
 ) -> torch.Tensor:
     """Run ``layer`` on every sample of ``x`` at that sample's width.
 
     ``widths`` is one int for the whole batch, or a tensor with one width per sample. Samples
     are grouped by width and each group runs the layer once; outputs go back in input order.
-    No width is ever computed for a sample that did not ask for it.
+    No width is ever computed for a sample that did not ask for it. When ``in_widths`` (the
+    widths of the layer that produced ``x``) is given, the layer is called as
+    ``layer(part, width, in_widths_of_part)``.
     """
+    extra = () if in_widths is None else (in_widths,)
     if isinstance(widths, int):
-        return layer(x, widths)
+        return layer(x, widths, *extra)
     if widths.dim() != 1 or widths.shape[0] != x.shape[0]:
         raise ValueError(
             f"per-sample widths must have one entry per sample: got shape "
@@ -234,11 +370,14 @@ def run_grouped(
     for i, bits in enumerate(widths.tolist()):
         groups.setdefault(int(bits), []).append(i)
     if len(groups) == 1:
-        return layer(x, next(iter(groups)))
+        return layer(x, next(iter(groups)), *extra)
     out: torch.Tensor | None = None
     for bits in sorted(groups):
         index = torch.tensor(groups[bits], device=x.device)
-        part = layer(x.index_select(0, index), bits)
+        part_extra = ()
+        if in_widths is not None:
+            part_extra = (in_widths if isinstance(in_widths, int) else in_widths[index],)
+        part = layer(x.index_select(0, index), bits, *part_extra)
         if out is None:
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out.index_copy_(0, index, part)

@@ -18,6 +18,16 @@ switchable layer follow a ReLU, so activations are unsigned.
 Both quantizers are uniform: at width ``b`` a weight takes one of ``2**b`` signed levels
 ``s * {-2**(b-1), ..., 2**(b-1) - 1}`` and an activation one of ``2**b`` unsigned levels
 ``s * {0, ..., 2**b - 1}``.
+
+One width is special: at 1 bit a weight is *binary*, ``s * sign(w)`` with ``sign(0) = +1``
+(two levels symmetric about zero, as in XNOR-Net/Bi-Real), because the signed grid above would
+give ``{-s, 0}``, a useless pair. A 1-bit activation is the unsigned grid's ``{0, alpha}``: a
+learned threshold at ``alpha / 2``, with its own clipping level like every other width.
+
+The straight-through arithmetic on activations (the tensors that are large) runs in one
+autograd function, :class:`_LSQFunction`: a forward of three ops and a backward of two, where
+composing ``round_ste``/``scale_grad`` left nine nodes and their saved tensors per layer and
+path in the graph.
 """
 
 from __future__ import annotations
@@ -50,6 +60,39 @@ def unsigned_levels(bits: int) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+class _LSQFunction(torch.autograd.Function):
+    """``step * round(clamp(x / step, low, high))`` with LSQ's gradients (Esser et al., 2020):
+    ``d/dx`` is 1 inside the clip range and 0 outside; ``d/dstep`` is ``round(u) - u`` inside and
+    the clipped level outside (``u = x / step``), times ``grad_scale``.
+
+    The forward pass leaves behind exactly what the backward pass reads, as float tensors (a
+    float mask multiplies faster than ``masked_fill``/``where`` on the CPU): the mask of elements
+    inside the clip range and the per-element step derivative ``q - u * inside``, so the
+    backward pass is one multiply and one dot product.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, low, high, grad_scale):  # noqa: ANN001, ANN205 (autograd API)
+        u = x / step
+        clipped = torch.clamp(u, low, high)
+        inside = (clipped == u).to(x.dtype)
+        q = clipped.round_()
+        out = q * step
+        d_step = torch.addcmul(q, u, inside, value=-1.0)  # q - u inside; q (= the level) outside
+        ctx.save_for_backward(inside, d_step)
+        ctx.grad_scale = grad_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        inside, d_step = ctx.saved_tensors
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            grad_step = torch.dot(grad.reshape(-1), d_step.reshape(-1)) * ctx.grad_scale
+        return grad_x, grad_step, None, None, None
+
+
 def lsq_quantize(
     x: torch.Tensor, step: torch.Tensor, low: int, high: int, step_grad_scale: float | None = None
 ) -> torch.Tensor:
@@ -63,9 +106,22 @@ def lsq_quantize(
         # Inference: same values, without the straight-through bookkeeping (half the ops).
         return torch.clamp(x / step, low, high).round_().mul_(step)
     if step_grad_scale is None:
-        step_grad_scale = 1.0 / math.sqrt(x.numel() * max(high, 1))
-    s = scale_grad(step, step_grad_scale)
-    return round_ste(torch.clamp(x / s, low, high)) * s
+        step_grad_scale = lsq_grad_scale(x, high)
+    return _LSQFunction.apply(x, step, low, high, step_grad_scale)
+
+
+def binarize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * sign(weight)`` (``sign(0) = +1``): the 1-bit weight quantizer.
+
+    Gradients as for a two-level LSQ grid at ``+-scale``: the weight's passes straight through
+    where ``|w| <= scale`` (clipped STE), the scale's is LSQ's, scaled by ``1/sqrt(numel)``.
+    """
+    signs = torch.where(weight >= 0, 1.0, -1.0).to(weight.dtype)
+    if not torch.is_grad_enabled() or not (weight.requires_grad or scale.requires_grad):
+        return signs * scale
+    s = scale_grad(scale, 1.0 / math.sqrt(weight.numel()))
+    u = torch.clamp(weight / s, -1.0, 1.0)
+    return ((signs - u).detach() + u) * s
 
 
 def lsq_grad_scale(x: torch.Tensor, high: int) -> float:
@@ -73,7 +129,10 @@ def lsq_grad_scale(x: torch.Tensor, high: int) -> float:
 
 
 def initial_weight_step(weight: torch.Tensor, bits: int) -> float:
-    """LSQ's initial step, ``2 * mean|w| / sqrt(Qp)``, from the full-precision weight."""
+    """LSQ's initial step, ``2 * mean|w| / sqrt(Qp)``, from the full-precision weight; at 1 bit
+    the binary scale ``mean|w|``, which minimises ``||w - s * sign(w)||``."""
+    if bits == 1:
+        return max(weight.detach().abs().mean().item(), 1e-8)
     _, high = signed_levels(min(bits, 16))
     return max(2.0 * weight.detach().abs().mean().item() / math.sqrt(high), 1e-8)
 
@@ -84,7 +143,7 @@ def initial_activation_clip(bits: int) -> float:
     Narrow widths clip lower: with four levels, resolving the bulk of a half-normal beats
     covering its tail. Learning moves each level from here.
     """
-    return {2: 1.5, 3: 2.2, 4: 2.8, 5: 3.4}.get(bits, 4.0)
+    return {1: 1.0, 2: 1.5, 3: 2.2, 4: 2.8, 5: 3.4}.get(bits, 4.0)
 
 
 class SwitchableWeightQuantizer(nn.Module):
@@ -107,8 +166,11 @@ class SwitchableWeightQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         if bits >= FULL_PRECISION:
             return weight
+        step = self.steps[str(bits)].abs() + 1e-8
+        if bits == 1:
+            return binarize(weight, step)
         low, high = signed_levels(bits)
-        return lsq_quantize(weight, self.steps[str(bits)].abs() + 1e-8, low, high)
+        return lsq_quantize(weight, step, low, high)
 
 
 class MaxAbsWeightQuantizer(nn.Module):

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from abn.errors import ConfigLengthError, UnknownBitWidthError
-from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, run_grouped
+from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, Widths, run_grouped
 
-DEFAULT_BIT_CANDIDATES = (2, 3, 4, 5, 6, 8)
+DEFAULT_BIT_CANDIDATES = (1, 2, 3, 4, 6, 8)
 
-Widths = int | torch.Tensor
 Config = int | Sequence[int] | torch.Tensor
 
 
@@ -52,10 +51,11 @@ class ResNetSpec:
     stem_pool: bool
     stages: tuple[StageSpec, ...]
     bit_candidates: tuple[int, ...] = DEFAULT_BIT_CANDIDATES
-    bit_specific_bn: bool = True
+    # "transitional": one BN per (input width, own width) pair; "per_width": one per own width
+    # (the 1.x models); "shared": one for every width. See abn.layers.TransitionalBatchNorm2d.
+    batch_norm: str = "transitional"
     switchable_clipping: bool = True
     fixed_bits: int = 8
-    family: str = field(default="resnet")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +66,9 @@ class ResNetSpec:
     @classmethod
     def from_dict(cls, d: dict) -> ResNetSpec:
         d = dict(d)
+        d.pop("family", None)  # written by 1.x manifests; every architecture is a ResNet
+        if "bit_specific_bn" in d:  # 1.x manifests: a boolean, before transitional BN
+            d["batch_norm"] = "per_width" if d.pop("bit_specific_bn") else "shared"
         d["stages"] = tuple(StageSpec(**s) for s in d["stages"])
         d["bit_candidates"] = tuple(d["bit_candidates"])
         return cls(**d)
@@ -130,19 +133,42 @@ def architecture(name: str, **overrides: object) -> ResNetSpec:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; its switchable layers run in the order conv1, conv2, shortcut."""
+    """ResNet basic block; its switchable layers run in the order conv1, conv2, shortcut.
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, spec: ResNetSpec, prefix: str) -> None:
+    Which width feeds which BN pair: conv1 and the shortcut read the block's input, so their
+    input width is the width of the layer that produced it (the previous block's conv2, or the
+    stem's fixed width for the first block); conv2 reads conv1's output. The block's output
+    (``relu(conv2 + shortcut)``) counts as produced at conv2's width: the residual sum is
+    dominated by the main path, and the identity shortcut carries no width of its own.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        spec: ResNetSpec,
+        prefix: str,
+        input_widths: tuple[int, ...],
+    ) -> None:
         super().__init__()
-        opts = {
-            "bit_specific_bn": spec.bit_specific_bn,
-            "switchable_clipping": spec.switchable_clipping,
-        }
         bits = spec.bit_candidates
-        self.conv1 = SwitchableConvBN(in_ch, out_ch, 3, stride, bits, f"{prefix}.conv1", **opts)
+        opts = {"bn_mode": spec.batch_norm, "switchable_clipping": spec.switchable_clipping}
+        self.conv1 = SwitchableConvBN(
+            in_ch, out_ch, 3, stride, bits, f"{prefix}.conv1", input_widths=input_widths, **opts
+        )
         self.conv2 = SwitchableConvBN(out_ch, out_ch, 3, 1, bits, f"{prefix}.conv2", **opts)
         self.shortcut = (
-            SwitchableConvBN(in_ch, out_ch, 1, stride, bits, f"{prefix}.shortcut", **opts)
+            SwitchableConvBN(
+                in_ch,
+                out_ch,
+                1,
+                stride,
+                bits,
+                f"{prefix}.shortcut",
+                input_widths=input_widths,
+                **opts,
+            )
             if stride != 1 or in_ch != out_ch
             else None
         )
@@ -150,15 +176,21 @@ class BasicBlock(nn.Module):
     def switchable_layers(self) -> list[SwitchableConvBN]:
         return [m for m in (self.conv1, self.conv2, self.shortcut) if m is not None]
 
-    def steps(self, x: torch.Tensor) -> Generator[torch.Tensor, Widths, torch.Tensor]:
+    def steps(
+        self, x: torch.Tensor, in_widths: Widths
+    ) -> Generator[torch.Tensor, Widths, tuple[torch.Tensor, Widths]]:
+        """Yield before each switchable layer, receive its widths; return the block's output
+        and the widths it counts as produced at (conv2's)."""
         widths = yield x
-        out = F.relu(run_grouped(self.conv1, x, widths))
+        out = F.relu(run_grouped(self.conv1, x, widths, in_widths))
+        conv1_widths = widths
         widths = yield out
-        out = run_grouped(self.conv2, out, widths)
+        out = run_grouped(self.conv2, out, widths, conv1_widths)
+        out_widths = widths
         if self.shortcut is None:
-            return F.relu(out + x)
+            return F.relu(out + x), out_widths
         widths = yield x
-        return F.relu(out + run_grouped(self.shortcut, x, widths))
+        return F.relu(out + run_grouped(self.shortcut, x, widths, in_widths)), out_widths
 
 
 class LayerwiseRun:
@@ -207,15 +239,14 @@ class Supernet(nn.Module):
         )
         blocks = []
         in_ch = spec.stem_channels
+        feeder_widths: tuple[int, ...] = (spec.fixed_bits,)  # the stem feeds the first block
         for s_i, stage in enumerate(spec.stages):
             for b_i in range(stage.blocks):
                 stride = stage.stride if b_i == 0 else 1
-                blocks.append(
-                    BasicBlock(
-                        in_ch, stage.channels, stride, spec, f"stage{s_i + 1}.block{b_i + 1}"
-                    )
-                )
+                name = f"stage{s_i + 1}.block{b_i + 1}"
+                blocks.append(BasicBlock(in_ch, stage.channels, stride, spec, name, feeder_widths))
                 in_ch = stage.channels
+                feeder_widths = self.bit_candidates
         self.blocks = nn.ModuleList(blocks)
         self.classifier = FixedLinear(in_ch, spec.num_classes, spec.fixed_bits)
         self.switchable_layers: list[SwitchableConvBN] = [
@@ -279,8 +310,9 @@ class Supernet(nn.Module):
         h = self.stem(x)
         if self.spec.stem_pool:
             h = F.max_pool2d(h, kernel_size=3, stride=2, padding=1)
+        widths: Widths = self.spec.fixed_bits
         for block in self.blocks:
-            h = yield from block.steps(h)
+            h, widths = yield from block.steps(h, widths)
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)
         return self.classifier(h)
 

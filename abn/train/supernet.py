@@ -1,11 +1,17 @@
 """Stage 1: train every width of the supernet jointly, from one set of weights.
 
-Each step (the "sandwich" of AdaBits/Quantizable DNNs/ABN):
+Each step (the "sandwich" of AdaBits/Quantizable DNNs/ABN, with the path counts of
+ABN's reference code, 1hunters/retraining-free-quantization):
 
 * the all-max-width configuration, with cross-entropy;
-* the all-min-width configuration and ``num_random`` random per-layer configurations, each with
-  ``ce_weight * CE + kl_weight * KL(max-width output || this output)``: the consistency loss
-  (in-place distillation towards the max-width output, which is detached as the teacher).
+* the all-min-width configuration and ``num_random`` (default 3) random configurations, each
+  with ``ce_weight * CE + kl_weight * KL(max-width output || this output)``: the consistency
+  loss (in-place distillation towards the max-width output, which is detached as the teacher).
+
+Random configurations are phased in (Bit-Mixer): over the first ``phase_in_epochs`` the
+probability that a random path draws its widths independently per layer rises linearly from 0
+to 1; otherwise it draws one random width for every layer. After training, every transitional
+BN pair is calibrated (:mod:`abn.calibrate`).
 
 All configurations of a step run in one forward call of one module, so DistributedDataParallel
 sees one forward and one backward per step. Data order, augmentation and the random
@@ -28,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from abn.calibrate import calibrate_batch_norm
 from abn.data import (
     FASHION_MNIST_INPUT,
     ImageSet,
@@ -40,7 +47,7 @@ from abn.evaluate import static_accuracy
 from abn.preprocess import InputSpec, normalize
 from abn.quant import FULL_PRECISION
 from abn.store import ModelCard, open_model_dir, save_model_dir
-from abn.supernet import ResNetSpec, Supernet, architecture
+from abn.supernet import DEFAULT_BIT_CANDIDATES, ResNetSpec, Supernet, architecture
 from abn.train.common import (
     DistContext,
     has_checkpoint,
@@ -49,6 +56,7 @@ from abn.train.common import (
     setup_distributed,
     teardown_distributed,
 )
+from abn.train.warm_start import warm_start
 
 
 @dataclass
@@ -57,7 +65,7 @@ class SupernetTrainConfig:
     name: str = "fmnist-abn"
     version: str = "1.0.0"
     arch: str = "resnet8_fmnist"
-    bit_candidates: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    bit_candidates: list[int] = field(default_factory=lambda: list(DEFAULT_BIT_CANDIDATES))
     data_dir: str | None = None  # Fashion-MNIST IDX directory (default: Debian's)
     image_folder: str | None = None  # root/<class>/*.png instead of Fashion-MNIST
     epochs: int = 10
@@ -67,7 +75,8 @@ class SupernetTrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.5
-    num_random: int = 1
+    num_random: int = 3
+    phase_in_epochs: float = 1.0  # layer-wise random paths rise from 0 to all over this long
     ce_weight: float = 0.5
     kl_weight: float = 0.5
     augment: bool = True
@@ -75,9 +84,10 @@ class SupernetTrainConfig:
     device: str = "auto"
     max_steps_per_epoch: int | None = None  # for smoke tests
     fp32: bool = False  # the full-precision reference of the same architecture
-    shared_bn: bool = False  # ablation: one BN for all widths
+    batch_norm: str = "transitional"  # ablations: per_width, shared
     shared_clipping: bool = False  # ablation: one activation clip level for all widths
-    recalibrate_bn: bool = False
+    calibration_rounds: int = 10  # batches per BN pair when calibrating after training
+    calibration_batch_size: int = 256
     # Fine-tuning: start from the supernet of this model directory (same architecture) instead
     # of a random initialisation; a run resuming its own checkpoint ignores it.
     init_from: str | None = None
@@ -115,9 +125,7 @@ def model_spec(cfg: SupernetTrainConfig, num_classes: int) -> ResNetSpec:
     spec = architecture(cfg.arch, num_classes=num_classes, bit_candidates=list(cfg.bit_candidates))
     if cfg.fp32:
         return spec.replace(bit_candidates=[FULL_PRECISION], fixed_bits=FULL_PRECISION)
-    return spec.replace(
-        bit_specific_bn=not cfg.shared_bn, switchable_clipping=not cfg.shared_clipping
-    )
+    return spec.replace(batch_norm=cfg.batch_norm, switchable_clipping=not cfg.shared_clipping)
 
 
 class JointForward(nn.Module):
@@ -131,16 +139,27 @@ class JointForward(nn.Module):
         return [self.net(x, c) for c in configs]
 
 
-def step_configs(net: Supernet, cfg: SupernetTrainConfig, step: int) -> list[list[int]]:
-    """Max, min, then ``num_random`` random per-layer configurations, seeded by the step."""
+def layerwise_probability(cfg: SupernetTrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Probability that a random path is drawn per layer (else one width for all) at ``step``."""
+    phase = cfg.phase_in_epochs * steps_per_epoch
+    return 1.0 if phase <= 0 else min(1.0, step / phase)
+
+
+def step_configs(
+    net: Supernet, cfg: SupernetTrainConfig, step: int, steps_per_epoch: int
+) -> list[list[int]]:
+    """Max, min, then ``num_random`` random configurations, seeded by the step."""
     bits = net.bit_candidates
     if len(bits) == 1:
         return [net.uniform(bits[0])]
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    layerwise = layerwise_probability(cfg, step, steps_per_epoch)
     configs = [net.uniform(max(bits)), net.uniform(min(bits))]
     for _ in range(cfg.num_random):
-        idx = torch.randint(0, len(bits), (net.num_switchable,), generator=gen)
-        configs.append([bits[i] for i in idx.tolist()])
+        per_layer = float(torch.rand((), generator=gen)) < layerwise
+        count = net.num_switchable if per_layer else 1
+        idx = torch.randint(0, len(bits), (count,), generator=gen).tolist()
+        configs.append([bits[i] for i in idx] if per_layer else net.uniform(bits[idx[0]]))
     return configs
 
 
@@ -183,25 +202,23 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@torch.no_grad()
-def recalibrate_bn(
-    net: Supernet, data: ImageSet, input_spec: InputSpec, batches: int = 50, batch_size: int = 256
-) -> None:
-    """Re-estimate every width's BN statistics with the whole network at that width."""
+def calibrate(
+    net: Supernet, train: ImageSet, input_spec: InputSpec, cfg: SupernetTrainConfig
+) -> dict:
+    """Calibrate every BN pair on un-augmented training images (see :mod:`abn.calibrate`)."""
     device = next(net.parameters()).device
-    for bits in net.bit_candidates:
-        norms = [layer.bn.norm_for(bits) for layer in net.switchable_layers]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration batches
-        net.train()
-        for i, (images, _) in enumerate(iterate_batches(data, batch_size, shuffle=True, seed=7)):
-            if i >= batches:
-                break
-            net(normalize(images.to(device), input_spec), bits)
-        for bn in norms:
-            bn.momentum = 0.1
-    net.eval()
+    started = time.time()
+    batches = (
+        normalize(images.to(device), input_spec)
+        for epoch in range(10**6)  # cycle through the data as often as the schedule needs
+        for images, _ in iterate_batches(
+            train, cfg.calibration_batch_size, shuffle=True, seed=cfg.seed, epoch=epoch
+        )
+    )
+    report = calibrate_batch_norm(net, batches, cfg.calibration_rounds, seed=cfg.seed)
+    report["seconds"] = round(time.time() - started, 1)
+    print(json.dumps({"bn_calibration": report}), flush=True)
+    return report
 
 
 def param_digest(module: nn.Module) -> str:
@@ -241,14 +258,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
     start_epoch, history = 0, []
     resuming = cfg.resume and has_checkpoint(cfg.checkpoint_dir)
     if cfg.init_from and not resuming:
-        start = open_model_dir(cfg.init_from).load_supernet(ctx.device)
-        if start.spec != net.spec:
-            raise ValueError(
-                f"--init-from {cfg.init_from}: its architecture ({start.spec.name}, "
-                f"{start.spec.bit_candidates}) differs from this run's ({net.spec.name}, "
-                f"{net.spec.bit_candidates})"
-            )
-        net.load_state_dict(start.state_dict())
+        warm_start(open_model_dir(cfg.init_from).load_supernet(ctx.device), net)
         if ctx.is_main:
             print(f"initialised from the supernet of {cfg.init_from}", flush=True)
     if resuming:
@@ -295,7 +305,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
                 images = random_crop_flip(images, aug)
             x = normalize(images.to(ctx.device), input_spec)
             y = labels.to(ctx.device)
-            logits = model(x, step_configs(net, cfg, step))
+            logits = model(x, step_configs(net, cfg, step, steps_per_epoch))
             loss, parts = joint_loss(logits, y, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -346,24 +356,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
                 "device": str(ctx.device),
             }
         }
-        if cfg.recalibrate_bn and len(net.bit_candidates) > 1:
-            before = {
-                b: static_accuracy(net, val, input_spec, net.uniform(b)) for b in net.bit_candidates
-            }
-            trained_state = {k: v.clone() for k, v in net.state_dict().items()}
-            recalibrate_bn(net, train, input_spec)
-            after = {
-                b: static_accuracy(net, val, input_spec, net.uniform(b)) for b in net.bit_candidates
-            }
-            kept = sum(after.values()) > sum(before.values())
-            if not kept:  # recalibration is kept only when it helps on the validation split
-                net.load_state_dict(trained_state)
-            training["stage1"]["bn_recalibration_val"] = {
-                "before": before,
-                "after": after,
-                "kept": kept,
-            }
-            print(json.dumps({"bn_recalibration_val": training["stage1"]["bn_recalibration_val"]}))
+        training["stage1"]["bn_calibration"] = calibrate(net, train, input_spec, cfg)
         card = ModelCard(
             name=cfg.name,
             version=cfg.version,
