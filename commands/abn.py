@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"model directory (default: ABN_MODEL_DIR or {DEFAULT_MODEL_DIR})",
     )
-    serve.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or ABN_HOST)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     library_cli.add_library_commands(sub)
     return parser
