@@ -9,7 +9,7 @@ import pytest
 
 from loadtest.server import ManagedServer, parse_settings, setting_variable
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # the shared tiny model may be built in setup
 
 
 def test_setting_names_are_normalised_once() -> None:

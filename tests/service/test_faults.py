@@ -27,7 +27,7 @@ from service.settings import Settings
 
 from .helpers import encode, fmnist_like, png, serving
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # the shared tiny model may be built in setup
 
 PNG = {"Content-Type": "image/png"}
 Fault = Callable[[int, torch.Tensor, Callable[[], BatchOutput]], BatchOutput]

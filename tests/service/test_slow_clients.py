@@ -21,7 +21,7 @@ import pytest
 
 from .helpers import Scrape, ServerProcess, png, running_servers
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)  # the shared tiny model may be built in setup
 
 BODY_TIMEOUT = 1.0
 HEADER_TIMEOUT = 1.0
@@ -188,9 +188,10 @@ def test_past_the_concurrency_cap_requests_get_503_at_once(server: ServerProcess
         r = httpx.post(
             server.url + "/classify", content=IMAGE, headers={"Content-Type": "image/png"}
         )
-        assert time.monotonic() - start < 0.5
+        waited = time.monotonic() - start
         assert r.status_code == 503 and r.json()["error_type"] == "overloaded", r.text
         assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
+        assert waited < HEADER_TIMEOUT, waited  # at once, not when the holders are cut off
     finally:
         for sock in holders:
             sock.close()
