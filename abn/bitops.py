@@ -7,6 +7,7 @@ classifier are fixed at 8 bits and count MACs x 64. BatchNorm, pooling and addit
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -98,29 +99,30 @@ class CostTable:
 
 @torch.no_grad()
 def cost_table(net: Supernet) -> CostTable:
-    """Trace one forward pass on a blank input and read every layer's MACs off its real shapes."""
+    """Trace one forward pass and read every layer's MACs off its real shapes.
+
+    The trace runs on a copy of the network in training mode, so it needs no BatchNorm
+    statistics and leaves the network's own state untouched: the table depends on the layer
+    shapes alone. (PyTorch's ``meta`` device would skip the arithmetic, but its first call
+    costs seconds of set-up, more than the load-time budget of a small model.)
+    """
     spec = net.spec
+    probe = copy.deepcopy(net).train()
     shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     inputs: dict[int, tuple[int, ...]] = {}
-    fixed = [net.stem, net.classifier]
-    modules = [*net.switchable_layers, *fixed]
+    fixed = [probe.stem, probe.classifier]
+    modules = [*probe.switchable_layers, *fixed]
 
     def record(module: torch.nn.Module, inp: tuple, out: torch.Tensor) -> None:
         shapes[id(module)] = (tuple(module.weight.shape), tuple(out.shape))
         inputs[id(module)] = tuple(inp[0].shape[1:])
 
-    hooks = [m.register_forward_hook(record) for m in modules]
-    was_training = net.training
-    net.eval()
-    try:
-        device = next(net.parameters()).device
-        x = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size, device=device)
-        net(x, max(net.bit_candidates))
-    finally:
-        for h in hooks:
-            h.remove()
-        net.train(was_training)
-    layer_macs = tuple(conv_macs(*shapes[id(m)]) for m in net.switchable_layers)
+    for m in modules:
+        m.register_forward_hook(record)
+    device = next(net.parameters()).device
+    x = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size, device=device)
+    probe(x, max(probe.bit_candidates))
+    layer_macs = tuple(conv_macs(*shapes[id(m)]) for m in probe.switchable_layers)
     fixed_macs = sum(conv_macs(*shapes[id(m)]) for m in fixed)
     return CostTable(
         tuple(net.layer_names),
@@ -128,5 +130,5 @@ def cost_table(net: Supernet) -> CostTable:
         fixed_macs,
         net.bit_candidates,
         spec.fixed_bits,
-        tuple(inputs[id(m)] for m in net.switchable_layers),
+        tuple(inputs[id(m)] for m in probe.switchable_layers),
     )

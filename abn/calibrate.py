@@ -11,8 +11,10 @@ configurations (``n`` candidate widths) in which the layer at feeding depth ``d`
 ``perm_d[(a + b * d) mod n]`` for ``(a, b)`` over every pair of positions, with a fresh random
 permutation ``perm_d`` of the widths per depth and round. Consecutive depths then meet every
 (feeder width, own width) pair exactly once per round, so ``rounds`` rounds give every pair of
-every layer exactly ``rounds`` batches, where uniformly random configurations need about twice
-the batches before the rarest pair reaches the same count. Each layer's width is still uniform
+every layer at least ``rounds`` batches (exactly ``rounds``, except the first block's layers:
+fed by the stem's one fixed width, each of their pairs comes up ``n`` times a round), where
+uniformly random configurations need about twice the batches before the rarest pair reaches
+the same count. Each layer's width is still uniform
 over the candidates, and the widths upstream of a pair are random, not fixed.
 """
 
@@ -91,4 +93,8 @@ def calibrate_batch_norm(
             bn.momentum = 0.1
         net.eval()
     check_calibrated(net)
-    return {"rounds": rounds, "batches": len(schedule), "batches_per_pair": rounds}
+    return {
+        "rounds": rounds,
+        "batches": len(schedule),
+        "batches_per_pair": rounds,
+    }  # the minimum; see above

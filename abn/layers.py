@@ -108,8 +108,14 @@ class TransitionalBatchNorm2d(nn.Module):
         """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample)."""
         own = self.bit_candidates.index(bits)
         if isinstance(in_bits, int):
+            if in_bits not in self.input_widths:
+                raise UnknownBitWidthError(in_bits, self.input_widths, f"the input of {self.name}")
             return self.input_widths.index(in_bits) * len(self.bit_candidates) + own
-        return self._in_position[in_bits] * len(self.bit_candidates) + own
+        position = self._in_position[in_bits.clamp(0, len(self._in_position) - 1)]
+        if bool((position < 0).any()) or bool((in_bits >= len(self._in_position)).any()):
+            bad = sorted(set(in_bits.tolist()) - set(self.input_widths))
+            raise UnknownBitWidthError(bad[0], self.input_widths, f"the input of {self.name}")
+        return position * len(self.bit_candidates) + own
 
     @torch.no_grad()
     def affine_table(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,13 @@
 """Shared fixtures: tiny generated Fashion-MNIST-format data and a tiny model directory.
 
-Nothing here downloads anything; the tiny model has random weights and measured (meaningless
-but real) accuracy tables on the generated data, which is all the service and store tests need.
+Nothing here downloads anything; the tiny model has random weights, BatchNorm statistics
+calibrated on the generated training images, and measured (meaningless but real) accuracy tables
+on the generated data, which is all the service and store tests need.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,19 @@ import pytest
 import torch
 
 from abn.bitops import cost_table
-from abn.data import FASHION_MNIST_CLASSES, FASHION_MNIST_INPUT, load_fashion_mnist, write_idx
+from abn.data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_INPUT,
+    iterate_batches,
+    load_fashion_mnist,
+    write_idx,
+)
 from abn.evaluate import static_accuracy
 from abn.policy import PolicySpec, WidthPolicy, rollout
 from abn.preprocess import normalize
 from abn.store import ModelCard, save_model_dir, save_policy, update_manifest
 from abn.supernet import architecture, build_supernet
+from tests.nets import calibrate
 
 
 def make_tiny_fashion_mnist(root: Path, n_train: int = 5600, n_test: int = 300) -> Path:
@@ -43,7 +52,17 @@ def tiny_fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_tiny_model_dir(path: Path, data_dir: Path, with_policy: bool = True) -> Path:
     torch.manual_seed(0)
     spec = architecture("resnet8_fmnist")
-    net = build_supernet(spec).eval()
+    net = build_supernet(spec)
+    # a random net has no BatchNorm statistics: calibrate every pair on the training images
+    train = load_fashion_mnist("train", data_dir)
+    calibrate(
+        net,
+        (
+            normalize(images, FASHION_MNIST_INPUT)
+            for epoch in itertools.count()
+            for images, _ in iterate_batches(train, 16, shuffle=True, epoch=epoch, drop_last=True)
+        ),
+    )
     table = cost_table(net)
     test = load_fashion_mnist("test", data_dir)
     static = [

@@ -40,14 +40,36 @@ def test_manifest_lists_weights_and_policy_with_hashes(shipped) -> None:
     assert all(len(entry["sha256"]) == 64 for entry in files.values())
 
 
-def test_eight_bit_accuracy_matches_the_manifest(shipped, test_images) -> None:
+def test_every_bn_pair_is_calibrated_and_the_set_has_a_one_bit_mode(shipped) -> None:
+    net = shipped.load_supernet()
+    assert shipped.manifest["architecture"]["batch_norm"] == "transitional"
+    assert min(net.bit_candidates) == 1
+    for layer in net.switchable_layers:
+        assert layer.bn.unseen_pairs() == [], layer.name
+    calibration = shipped.manifest["training"]["stage1"]["bn_calibration"]
+    assert calibration["batches_per_pair"] >= 10
+
+
+def test_uniform_accuracies_match_the_manifest(shipped, test_images) -> None:
     net = shipped.load_supernet().fold_for_inference()
-    eight = [8] * net.num_switchable
-    claimed = next(
-        s["accuracy"] for s in shipped.manifest["accuracy"]["static"] if s["bit_widths"] == eight
-    )
-    measured = static_accuracy(net, test_images, shipped.input_spec, eight)
-    assert abs(measured - claimed) <= 0.015, (measured, claimed)
+    static = shipped.manifest["accuracy"]["static"]
+    for bits in net.bit_candidates:
+        config = [bits] * net.num_switchable
+        claimed = next(s["accuracy"] for s in static if s["bit_widths"] == config)
+        measured = static_accuracy(net, test_images, shipped.input_spec, config)
+        assert abs(measured - claimed) <= 0.02, (bits, measured, claimed)
+
+
+def test_manifest_tables_show_the_budget_buys_accuracy(shipped) -> None:
+    """The card's own tables: ordered widths, mixed configurations near the uniform curve,
+    and the baselines a user could build, as ``abn evaluate`` measured them."""
+    accuracy = shipped.manifest["accuracy"]
+    assert all(o["difference"] >= -0.0015 for o in accuracy["uniform_ordering"])
+    assert accuracy["random_configs"]["count"] == 100
+    assert abs(accuracy["random_configs"]["mean_gap_to_uniform_curve"]) <= 0.005
+    baselines = accuracy["baselines"]
+    assert baselines["confidence_cascade"] and baselines["layerwise_cascade"]
+    assert baselines["oracle"]["accuracy"] >= max(s["accuracy"] for s in accuracy["static"])
 
 
 def test_policy_keeps_every_budget_on_real_images(shipped, test_images) -> None:

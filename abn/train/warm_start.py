@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from abn.layers import SwitchableConvBN
-from abn.quant import initial_weight_step
+from abn.quant import FULL_PRECISION, initial_weight_step
 from abn.supernet import Supernet
 
 
@@ -29,6 +29,17 @@ def _shapes(net: Supernet) -> list[tuple[int, ...]]:
 
 
 @torch.no_grad()
+def _copy_matching(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy every tensor both state dicts name with the same shape (the FP32 reference's
+    classifier keeps a clip level for "width 32" that an 8-bit classifier does not have)."""
+    theirs = source.state_dict()
+    ours = target.state_dict()
+    target.load_state_dict(
+        {k: theirs[k] if k in theirs and theirs[k].shape == v.shape else v for k, v in ours.items()}
+    )
+
+
+@torch.no_grad()
 def _transfer_layer(source: SwitchableConvBN, target: SwitchableConvBN) -> None:
     target.weight.copy_(source.weight)
     src_bits = source.bit_candidates
@@ -38,12 +49,16 @@ def _transfer_layer(source: SwitchableConvBN, target: SwitchableConvBN) -> None:
         else:
             step = initial_weight_step(target.weight, bits)
             target.weight_quantizer.steps[str(bits)].fill_(step)
-        if target.act_quantizer.switchable:
-            clip = source.act_quantizer.clip_level(_nearest(bits, src_bits))
+        near = _nearest(bits, src_bits)  # the width itself when the source has it
+        if target.act_quantizer.switchable and near < FULL_PRECISION:
+            clip = source.act_quantizer.clip_levels[
+                str(near) if source.act_quantizer.switchable else "shared"
+            ]
             target.act_quantizer.clip_levels[str(bits)].copy_(clip)
-    if not target.act_quantizer.switchable:  # one level for all: the source's middle width's
-        middle = target.bit_candidates[len(target.bit_candidates) // 2]
-        clip = source.act_quantizer.clip_level(_nearest(middle, src_bits))
+    middle = _nearest(target.bit_candidates[len(target.bit_candidates) // 2], src_bits)
+    if not target.act_quantizer.switchable and middle < FULL_PRECISION:
+        # one level for every width: the source's level at the middle width
+        clip = source.act_quantizer.clip_level(middle)
         target.act_quantizer.clip_levels["shared"].copy_(clip)
     for in_bits in target.input_widths:
         src_in = _nearest(in_bits, source.input_widths)
@@ -64,7 +79,7 @@ def warm_start(source: Supernet, target: Supernet) -> None:
             f"cannot start {target.spec.name} from {source.spec.name}: the layer shapes or the "
             f"number of classes differ; --init-from needs the same architecture"
         )
-    target.stem.load_state_dict(source.stem.state_dict())
-    target.classifier.load_state_dict(source.classifier.state_dict())
+    for src, dst in ((source.stem, target.stem), (source.classifier, target.classifier)):
+        _copy_matching(src, dst)
     for src, dst in zip(source.switchable_layers, target.switchable_layers, strict=True):
         _transfer_layer(src, dst)

@@ -10,8 +10,15 @@ import torch
 from abn.bitops import cost_table
 from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN
 from abn.supernet import Supernet, build_supernet
+from tests.nets import give_bn_statistics
 
-BITS = (2, 3, 4, 5, 6, 8)
+BITS = (1, 2, 3, 4, 6, 8)
+
+
+def ready_net(name: str) -> Supernet:
+    """A random network that may run in eval mode (every BN pair has statistics)."""
+    torch.manual_seed(0)
+    return give_bn_statistics(build_supernet(name)).eval()
 
 
 class HookCounter:
@@ -64,8 +71,7 @@ def hook_count(net: Supernet, x: torch.Tensor, config: object) -> tuple[int, int
     [("resnet8_fmnist", 12), ("resnet20_cifar", 5), ("resnet18_imagenet", 3)],
 )
 def test_cost_equals_an_independent_hook_count(name: str, configs: int) -> None:
-    torch.manual_seed(0)
-    net = build_supernet(name).eval()
+    net = ready_net(name)
     table = cost_table(net)
     spec = net.spec
     x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size)
@@ -75,22 +81,54 @@ def test_cost_equals_an_independent_hook_count(name: str, configs: int) -> None:
         [BITS[i] for i in torch.randint(0, len(BITS), (n,), generator=gen).tolist()]
         for _ in range(configs)
     ]
-    picks += [net.uniform(2), net.uniform(8)]
+    picks += [net.uniform(1), net.uniform(8)]
     for config in picks:
         counted, calls = hook_count(net, x, config)
         assert calls == n + 2  # every switchable layer, the stem and the classifier
         assert table.cost(config) == counted, config
-    assert table.min_bitops == table.cost(net.uniform(2))
+    assert table.min_bitops == table.cost(net.uniform(1))
     assert table.max_bitops == table.cost(net.uniform(8))
     assert table.min_bitops < table.max_bitops
 
 
+def test_configurations_with_one_bit_layers_match_an_independent_hook_count() -> None:
+    net = ready_net("resnet8_fmnist")
+    table = cost_table(net)
+    n = net.num_switchable
+    gen = torch.Generator().manual_seed(1)
+    configs = [
+        net.uniform(1),
+        [1, 8] * (n // 2),
+        [8] * (n - 1) + [1],
+        [1] + [2] * (n - 1),
+    ]
+    for _ in range(4):  # random mixes, each with at least two 1-bit layers
+        config = [BITS[i] for i in torch.randint(0, len(BITS), (n,), generator=gen).tolist()]
+        for i in torch.randperm(n, generator=gen)[:2].tolist():
+            config[i] = 1
+        configs.append(config)
+    x = torch.randn(1, 1, 28, 28)
+    for config in configs:
+        assert 1 in config
+        counted, calls = hook_count(net, x, config)
+        assert calls == n + 2
+        assert table.cost(config) == counted, config
+    # a 1-bit layer costs its MACs once (1 x 1), the fixed layers 64 times theirs
+    all_one = table.cost(net.uniform(1))
+    assert all_one == sum(table.layer_macs) + 64 * table.fixed_macs == table.min_bitops
+    # and in one batch of per-sample configurations, grouped by width inside each layer
+    batch = torch.tensor(configs)
+    counted, _ = hook_count(net, torch.randn(len(configs), 1, 28, 28), batch)
+    assert float(table.batch_cost(batch).sum()) == counted
+
+
 def test_batch_cost_matches_hook_count_per_sample() -> None:
-    torch.manual_seed(0)
-    net = build_supernet("resnet8_fmnist").eval()
+    net = ready_net("resnet8_fmnist")
     table = cost_table(net)
     gen = torch.Generator().manual_seed(5)
-    configs = torch.tensor(BITS)[torch.randint(0, 6, (5, net.num_switchable), generator=gen)]
+    configs = torch.tensor(BITS)[
+        torch.randint(0, len(BITS), (5, net.num_switchable), generator=gen)
+    ]
     x = torch.randn(5, 1, 28, 28)
     per_sample = table.batch_cost(configs)
     assert per_sample.dtype == torch.float64
@@ -101,7 +139,7 @@ def test_batch_cost_matches_hook_count_per_sample() -> None:
 
 
 def test_fashion_mnist_model_table() -> None:
-    net = build_supernet("resnet8_fmnist")
+    net = ready_net("resnet8_fmnist")
     table = cost_table(net)
     assert table.layer_names == tuple(net.layer_names)
     # 3x3 conv 16->16 on 28x28, and the 1x1 stride-2 shortcut 16->32 onto 14x14
@@ -123,6 +161,11 @@ def test_fashion_mnist_model_table() -> None:
 
 
 def test_cost_table_keeps_the_training_mode() -> None:
-    net = build_supernet("resnet8_fmnist").train()
+    net = ready_net("resnet8_fmnist").train()
     cost_table(net)
     assert net.training
+
+
+def test_cost_table_needs_no_batch_norm_statistics() -> None:
+    net = build_supernet("resnet8_fmnist")  # fresh: no BN pair has statistics yet
+    assert cost_table(net).total_macs > 0

@@ -15,6 +15,7 @@ from abn.evaluate import (
 )
 from abn.preprocess import InputSpec
 from abn.supernet import build_supernet
+from tests.nets import calibrate
 
 SPEC = InputSpec(channels=1, height=28, width=28, mean=(0.5,), std=(0.25,))
 
@@ -28,7 +29,7 @@ def _images(n: int = 7) -> ImageSet:
 
 def test_static_accuracy_is_an_exact_fraction() -> None:
     torch.manual_seed(0)
-    net = build_supernet("resnet8_fmnist").fold_for_inference()
+    net = calibrate(build_supernet("resnet8_fmnist")).fold_for_inference()
     data = _images(7)
     predicted = predictions(net, data, SPEC, net.uniform(2))
     labels = torch.where(torch.arange(7) < 3, predicted, (predicted + 1) % 10)  # 3 of 7 right
@@ -61,7 +62,7 @@ def test_saving_and_gain_against_the_right_static_configurations() -> None:
 
 
 def test_budgets_span_the_feasible_range() -> None:
-    table = cost_table(build_supernet("resnet8_fmnist"))
+    table = cost_table(calibrate(build_supernet("resnet8_fmnist")))
     budgets = budgets_across(table, 8)
     assert len(budgets) == 8
     assert budgets[0] == table.min_bitops
@@ -72,7 +73,7 @@ def test_budgets_span_the_feasible_range() -> None:
 def test_static_search_walks_from_all_max_to_all_min_cheaper_each_step() -> None:
     torch.manual_seed(0)
     spec = "resnet8_fmnist"
-    net = build_supernet(spec).fold_for_inference()
+    net = calibrate(build_supernet(spec)).fold_for_inference()
     table = cost_table(net)
     path = greedy_static_search(net, table, _images(5), SPEC)
     bits = sorted(net.bit_candidates)

@@ -1,4 +1,4 @@
-"""abn.layers: switchable conv + bit-specific BN, fixed 8-bit layers, grouped execution."""
+"""abn.layers: switchable conv + transitional BN, fixed 8-bit layers, grouped execution."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abn.errors import UnknownBitWidthError
-from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, run_grouped
+from abn.errors import UncalibratedBatchNormError, UnknownBitWidthError
+from abn.layers import (
+    FixedConvBN,
+    FixedLinear,
+    SwitchableConvBN,
+    TransitionalBatchNorm2d,
+    run_grouped,
+)
 from abn.supernet import build_supernet
 from abn.train.supernet import SupernetTrainConfig, make_optimizer
+from tests.nets import feeder_widths, give_bn_statistics
 
-BITS = (2, 3, 4, 5, 6, 8)
+BITS = (1, 2, 3, 4, 6, 8)
+ALLOWED = "1, 2, 3, 4, 6, 8"
+PAIRS = [(i, b) for i in BITS for b in BITS]
 
 
 def make_layer(seed: int = 0, **kwargs: object) -> SwitchableConvBN:
@@ -19,14 +28,18 @@ def make_layer(seed: int = 0, **kwargs: object) -> SwitchableConvBN:
     return SwitchableConvBN(8, 16, 3, 1, BITS, "test.conv", **kwargs)
 
 
-def randomize_bn(layer: SwitchableConvBN) -> None:
-    """Non-trivial running statistics and affine parameters for every width's BN."""
-    with torch.no_grad():
-        for bn in layer.bn.norms.values():
-            bn.running_mean.normal_(0.0, 0.5)
-            bn.running_var.uniform_(0.3, 3.0)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0.0, 0.3)
+def ready_layer(seed: int = 0, **kwargs: object) -> SwitchableConvBN:
+    """A layer in eval mode with distinct, non-trivial statistics in every BN pair."""
+    layer = make_layer(seed, **kwargs)
+    give_bn_statistics(layer, seed)
+    return layer.eval()
+
+
+def reference(layer: SwitchableConvBN, x: torch.Tensor, bits: int, in_bits: int) -> torch.Tensor:
+    """The layer's definition: pair (in_bits, bits)'s BN of the quantized conv."""
+    xq = layer.act_quantizer(x, bits)
+    wq = layer.weight_quantizer(layer.weight, bits)
+    return layer.bn.norm_for(in_bits, bits)(F.conv2d(xq, wq, None, 1, 1))
 
 
 class ConvSpy:
@@ -45,73 +58,84 @@ class ConvSpy:
 def test_conv_sees_quantized_weights_and_activations(
     bits: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layer = make_layer().eval()
+    layer = ready_layer()
     spy = ConvSpy()
     monkeypatch.setattr(F, "conv2d", spy)
     x = F.relu(torch.randn(4, 8, 12, 12) * 3)
     with torch.no_grad():
-        layer(x, bits)
+        layer(x, bits, 4)
     [(xq, wq)] = spy.calls
     assert torch.unique(xq).numel() <= 2**bits
     assert torch.unique(wq).numel() <= 2**bits
     alpha = float(layer.act_quantizer.clip_level(bits).detach())
     assert float(xq.min()) >= 0.0 and float(xq.max()) <= alpha * (1 + 1e-6)
     step = float(layer.weight_quantizer.steps[str(bits)].detach().abs())
+    if bits == 1:  # binary: +-scale
+        assert torch.allclose(wq.abs(), torch.full_like(wq, step), rtol=1e-5, atol=0)
+        return
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     assert low * step * (1 + 1e-5) <= float(wq.min()) and float(wq.max()) <= high * step * (
         1 + 1e-5
     )
 
 
-@pytest.mark.parametrize("bits", (2, 5, 8))
-def test_output_is_that_widths_bn_of_the_quantized_conv(bits: int) -> None:
-    layer = make_layer().eval()
-    randomize_bn(layer)
+@pytest.mark.parametrize(("bits", "in_bits"), [(1, 8), (2, 1), (4, 6), (8, 2)])
+def test_output_is_that_pairs_bn_of_the_quantized_conv(bits: int, in_bits: int) -> None:
+    layer = ready_layer()
     x = F.relu(torch.randn(3, 8, 10, 10))
     with torch.no_grad():
-        xq = layer.act_quantizer(x, bits)
-        wq = layer.weight_quantizer(layer.weight, bits)
-        expected = layer.bn.norm_for(bits)(F.conv2d(xq, wq, None, 1, 1))
-        assert torch.allclose(layer(x, bits), expected, atol=1e-6)
-        other = 2 if bits != 2 else 8
-        assert not torch.allclose(layer(x, other), expected, atol=1e-3)
+        expected = reference(layer, x, bits, in_bits)
+        assert torch.allclose(layer(x, bits, in_bits), expected, atol=1e-6)
+        other_own = 2 if bits != 2 else 8
+        other_in = 3 if in_bits != 3 else 4
+        assert not torch.allclose(layer(x, other_own, in_bits), expected, atol=1e-3)
+        assert not torch.allclose(layer(x, bits, other_in), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("bits", (2, 4, 8))
-def test_gradients_reach_weight_step_clip_level_and_only_that_widths_bn(bits: int) -> None:
+@pytest.mark.parametrize(("bits", "in_bits"), [(1, 1), (2, 8), (4, 3), (8, 4)])
+def test_gradients_reach_weight_step_clip_level_and_only_that_pairs_bn(
+    bits: int, in_bits: int
+) -> None:
     layer = make_layer().train()
     x = F.relu(torch.randn(4, 8, 10, 10) * 2)
-    layer(x, bits).pow(2).mean().backward()
+    layer(x, bits, in_bits).pow(2).mean().backward()
     assert layer.weight.grad is not None and float(layer.weight.grad.abs().sum()) > 0
     assert float(layer.weight_quantizer.steps[str(bits)].grad.abs()) > 0
     assert float(layer.act_quantizer.clip_levels[str(bits)].grad.abs()) > 0
-    assert float(layer.bn.norm_for(bits).weight.grad.abs().sum()) > 0
+    assert float(layer.bn.norm_for(in_bits, bits).weight.grad.abs().sum()) > 0
     for other in BITS:
-        if other == bits:
-            continue
-        assert layer.weight_quantizer.steps[str(other)].grad is None
-        assert layer.act_quantizer.clip_levels[str(other)].grad is None
-        assert layer.bn.norm_for(other).weight.grad is None
-        assert layer.bn.norm_for(other).bias.grad is None
+        if other != bits:
+            assert layer.weight_quantizer.steps[str(other)].grad is None
+            assert layer.act_quantizer.clip_levels[str(other)].grad is None
+    for pair in PAIRS:
+        if pair != (in_bits, bits):
+            assert layer.bn.norm_for(*pair).weight.grad is None, pair
+            assert layer.bn.norm_for(*pair).bias.grad is None, pair
 
 
-def width_of(key: str) -> int | None:
-    """The width a state-dict entry belongs to (``...norms.4.``, ``steps.4``), else None."""
-    parts = key.split(".")
-    for marker in ("norms", "steps", "clip_levels"):
-        if marker in parts:
-            tag = parts[parts.index(marker) + 1]
-            return int(tag) if tag.isdigit() else None
+def owner_and_tag(key: str) -> tuple[str, str, str] | None:
+    """``(layer path, kind, tag)`` of a per-width state-dict entry: kind ``bn`` with tag
+    ``"in_own"`` (``...bn.norms.4_2.weight``), or ``step``/``clip`` with tag ``"own"``."""
+    for marker, kind in (("bn.norms", "bn"), ("weight_quantizer.steps", "step")):
+        if f".{marker}." in key:
+            owner, rest = key.split(f".{marker}.")
+            return owner, kind, rest.split(".")[0]
+    if ".act_quantizer.clip_levels." in key:
+        owner, tag = key.split(".act_quantizer.clip_levels.")
+        return owner, "clip", tag
     return None
 
 
 @pytest.mark.parametrize("per_layer", [False, True], ids=["uniform", "per-layer"])
-def test_training_one_width_leaves_other_widths_bn_and_clipping_unchanged(per_layer: bool) -> None:
+def test_training_one_configuration_leaves_every_unused_pair_and_width_unchanged(
+    per_layer: bool,
+) -> None:
     torch.manual_seed(1)
     net = build_supernet("resnet8_fmnist").train()
     n = net.num_switchable
     picks = torch.randint(0, len(BITS), (n,)).tolist()
     config = [BITS[i] for i in picks] if per_layer else [4] * n
+    feeders = feeder_widths(net, config)
     # the library's own optimizer: SGD with Nesterov momentum and weight decay
     optimizer = make_optimizer(net, SupernetTrainConfig(lr=0.05))
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -122,23 +146,30 @@ def test_training_one_width_leaves_other_widths_bn_and_clipping_unchanged(per_la
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    after = net.state_dict()
-    prefix_width = {f"blocks.{name}": b for name, b in zip(_block_paths(net), config, strict=True)}
-    checked_same = checked_changed = 0
-    for key, value in after.items():
-        bits = width_of(key)
-        owner = next((p for p in prefix_width if key.startswith(p + ".")), None)
-        if bits is None or owner is None:
+    paths = _block_paths(net)
+    used = {
+        f"blocks.{p}": (f"{i}_{b}", str(b)) for p, i, b in zip(paths, feeders, config, strict=True)
+    }
+    changed = same = 0
+    for key, value in net.state_dict().items():
+        parsed = owner_and_tag(key)
+        if parsed is None or parsed[0] not in used:  # not a switchable layer's (classifier)
             continue
-        if bits == prefix_width[owner]:
-            if not key.endswith("num_batches_tracked"):
+        owner, kind, tag = parsed
+        pair, own = used[owner]
+        if tag == (pair if kind == "bn" else own):
+            if key.endswith("num_batches_tracked"):
+                assert int(value) == 3, key
+            else:
                 assert not torch.equal(value, before[key]), f"{key} should have trained"
-                checked_changed += 1
+                changed += 1
         else:
-            assert torch.equal(value, before[key]), f"{key} changed though width {bits} never ran"
-            checked_same += 1
-    assert checked_changed == 6 * n  # weight step, clip level, BN weight/bias/mean/var
-    assert checked_same == 5 * 7 * n  # 5 other widths x (step, clip, 5 BN entries)
+            assert torch.equal(value, before[key]), f"{key} changed though it never ran"
+            same += 1
+    assert changed == 6 * n  # weight step, clip level, the pair's BN weight/bias/mean/var
+    pairs = sum(len(layer.input_widths) * len(BITS) for layer in net.switchable_layers)
+    # 5 other widths x (step, clip) per layer; every other pair's 5 BN entries
+    assert same == 5 * 2 * n + 5 * (pairs - n)
 
 
 def _block_paths(net: torch.nn.Module) -> list[str]:
@@ -147,29 +178,85 @@ def _block_paths(net: torch.nn.Module) -> list[str]:
     return [names[id(layer)] for layer in net.switchable_layers]
 
 
-@pytest.mark.parametrize("bad", [7, 1, 0, 16, 32, 4.0, "4", True])
+@pytest.mark.parametrize("bad", [7, 5, 0, 16, 32, 4.0, "4", True])
 def test_unknown_width_is_refused_naming_the_allowed_widths(bad: object) -> None:
     layer = make_layer()
     with pytest.raises(UnknownBitWidthError) as info:
-        layer(torch.zeros(1, 8, 4, 4), bad)
+        layer(torch.zeros(1, 8, 4, 4), bad, 4)
     message = str(info.value)
-    assert "2, 3, 4, 5, 6, 8" in message
+    assert ALLOWED in message
     assert "test.conv" in message
     assert isinstance(info.value, ValueError)
 
 
+def test_unknown_input_width_is_refused_naming_the_input() -> None:
+    layer = make_layer(input_widths=(8,))
+    assert layer.input_widths == (8,) and list(layer.bn.norms) == [f"8_{b}" for b in BITS]
+    with pytest.raises(UnknownBitWidthError, match="the input of test.conv") as info:
+        layer(torch.zeros(2, 8, 4, 4), 4, 2)
+    assert info.value.allowed == (8,)
+    with pytest.raises(UnknownBitWidthError, match="the input of test.conv"):
+        layer(torch.zeros(2, 8, 4, 4), 4, torch.tensor([8, 2]))
+
+
+def test_folded_layer_refuses_an_unknown_input_width() -> None:
+    layer = ready_layer()
+    layer.fold_for_inference()
+    with torch.no_grad(), pytest.raises(UnknownBitWidthError, match="the input of test.conv"):
+        layer(F.relu(torch.randn(2, 8, 4, 4)), 4, torch.tensor([5, 5]))
+
+
 def test_integer_like_widths_are_accepted() -> None:
-    layer = make_layer().eval()
+    layer = ready_layer()
     x = F.relu(torch.randn(1, 8, 4, 4))
     with torch.no_grad():
-        expected = layer(x, 4)
-        assert torch.equal(layer(x, torch.tensor(4)), expected)
+        expected = layer(x, 4, 2)
+        assert torch.equal(layer(x, torch.tensor(4), 2), expected)
 
 
-def test_shared_bn_ablation_uses_one_bn_for_every_width() -> None:
-    layer = make_layer(bit_specific_bn=False)
-    assert list(layer.bn.norms.keys()) == ["shared"]
-    assert layer.bn.norm_for(2) is layer.bn.norm_for(8)
+def test_batch_norm_modes_key_their_norms() -> None:
+    transitional = make_layer()
+    assert list(transitional.bn.norms.keys()) == [f"{i}_{b}" for i, b in PAIRS]
+    assert transitional.bn.norm_for(2, 4) is not transitional.bn.norm_for(8, 4)
+    per_width = make_layer(bn_mode="per_width")
+    assert list(per_width.bn.norms.keys()) == [str(b) for b in BITS]
+    assert per_width.bn.norm_for(2, 4) is per_width.bn.norm_for(8, 4)
+    assert per_width.bn.norm_for(4, 4) is not per_width.bn.norm_for(4, 2)
+    shared = make_layer(bn_mode="shared")
+    assert list(shared.bn.norms.keys()) == ["shared"]
+    assert shared.bn.norm_for(1, 2) is shared.bn.norm_for(8, 8)
+    with pytest.raises(ValueError, match="transitional"):
+        TransitionalBatchNorm2d(4, BITS, BITS, mode="per_pair")
+
+
+def test_an_unseen_pair_raises_in_eval_and_when_folding_naming_layer_and_pair() -> None:
+    layer = make_layer()
+    x = F.relu(torch.randn(4, 8, 6, 6))
+    assert layer.bn.unseen_pairs() == PAIRS
+    layer.eval()
+    with torch.no_grad(), pytest.raises(UncalibratedBatchNormError) as info:
+        layer(x, 4, 2)
+    assert info.value.layer == "test.conv" and info.value.pairs == [(2, 4)]
+    assert "test.conv" in str(info.value) and "2->4" in str(info.value)
+    # training estimates a pair's statistics, and then that pair, and only it, may run
+    layer.train()
+    with torch.no_grad():
+        layer(x, 4, 2)
+    layer.eval()
+    assert layer.bn.unseen_pairs() == [p for p in PAIRS if p != (2, 4)]
+    with torch.no_grad():
+        assert torch.isfinite(layer(x, 4, 2)).all()
+        with pytest.raises(UncalibratedBatchNormError, match="3->4") as info:
+            layer(x, 4, torch.tensor([2, 3, 2, 2]))  # one sample's pair is unseen
+        assert info.value.pairs == [(3, 4)]
+    assert isinstance(info.value, RuntimeError)
+    # folding needs every pair, and names all that are missing
+    with pytest.raises(UncalibratedBatchNormError) as info:
+        layer.fold_for_inference()
+    assert info.value.layer == "test.conv"
+    assert info.value.pairs == [p for p in PAIRS if p != (2, 4)]
+    assert "1->1" in str(info.value) and f"and {len(PAIRS) - 1 - 8} more" in str(info.value)
+    assert layer._folded is None
 
 
 def test_fixed_layers_run_at_eight_bits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,41 +282,66 @@ def test_fixed_layers_run_at_eight_bits(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_fold_matches_unfolded_eval_output() -> None:
-    layer = make_layer().eval()
-    randomize_bn(layer)
+    layer = ready_layer()
     x = F.relu(torch.randn(4, 8, 10, 10) * 2)
     with torch.no_grad():
-        unfolded = {b: layer(x, b) for b in BITS}
+        unfolded = {(i, b): layer(x, b, i) for i, b in PAIRS}
         layer.fold_for_inference()
-        for b in BITS:
-            assert torch.allclose(layer(x, b), unfolded[b], atol=1e-4, rtol=0), b
+        for (i, b), expected in unfolded.items():
+            assert torch.allclose(layer(x, b, i), expected, atol=1e-4, rtol=0), (i, b)
     layer.train()  # training changes the weights: the folded cache must go
     layer.eval()
     with torch.no_grad():
-        layer.bn.norm_for(4).running_mean.add_(1.0)
-        assert not torch.allclose(layer(x, 4), unfolded[4], atol=1e-2)
+        layer.bn.norm_for(2, 4).running_mean.add_(1.0)
+        assert not torch.allclose(layer(x, 4, 2), unfolded[(2, 4)], atol=1e-2)
+
+
+@pytest.mark.parametrize("folded", [False, True], ids=["unfolded", "folded"])
+def test_per_sample_input_widths_pick_each_samples_pair(folded: bool) -> None:
+    layer = ready_layer(seed=3)
+    gen = torch.Generator().manual_seed(3)
+    x = F.relu(torch.randn(8, 8, 6, 6, generator=gen) * 2)
+    in_bits = torch.tensor(BITS)[torch.randint(0, len(BITS), (8,), generator=gen)]
+    in_bits[:2] = torch.tensor([1, 8])  # at least two different feeders
+    with torch.no_grad():
+        alone = {
+            b: torch.cat([reference(layer, x[j : j + 1], b, int(in_bits[j])) for j in range(8)])
+            for b in (1, 3, 8)
+        }
+        if folded:
+            layer.fold_for_inference()
+        for b, expected in alone.items():
+            # folding rounds differently (a scale and shift instead of BN's four terms)
+            atol = 1e-4 if folded else 1e-5
+            assert torch.allclose(layer(x, b, in_bits), expected, atol=atol, rtol=0), b
 
 
 def test_run_grouped_runs_each_width_once_on_its_own_samples() -> None:
-    layer = make_layer().eval()
-    randomize_bn(layer)
-    calls: list[tuple[int, int]] = []
+    layer = ready_layer()
+    calls: list[tuple[int, int, list[int]]] = []
 
-    def counted(x: torch.Tensor, bits: int) -> torch.Tensor:
-        calls.append((x.shape[0], bits))
-        return layer(x, bits)
+    def counted(x: torch.Tensor, bits: int, in_bits: torch.Tensor) -> torch.Tensor:
+        calls.append((x.shape[0], bits, in_bits.tolist()))
+        return layer(x, bits, in_bits)
 
     x = F.relu(torch.randn(6, 8, 6, 6))
-    widths = torch.tensor([2, 8, 2, 4, 8, 2])
+    widths = torch.tensor([2, 8, 2, 1, 8, 2])
+    in_widths = torch.tensor([4, 4, 1, 6, 8, 1])
     with torch.no_grad():
-        out = run_grouped(counted, x, widths)
-        alone = torch.cat([layer(x[i : i + 1], int(widths[i])) for i in range(6)])
-    assert sorted(calls, key=lambda c: c[1]) == [(3, 2), (1, 4), (2, 8)]
+        out = run_grouped(counted, x, widths, in_widths)
+        alone = torch.cat(
+            [layer(x[i : i + 1], int(widths[i]), int(in_widths[i])) for i in range(6)]
+        )
+    assert sorted(calls, key=lambda c: c[1]) == [(1, 1, [6]), (3, 2, [4, 1, 1]), (2, 8, [4, 8])]
     assert torch.allclose(out, alone, atol=1e-5)
+    # without input widths the layer is called with (part, width) only
+    seen: list[int] = []
+    run_grouped(lambda part, bits: seen.append(bits) or part, x, widths)
+    assert sorted(seen) == [1, 2, 8]
 
 
 def test_run_grouped_refuses_widths_of_the_wrong_batch_size() -> None:
-    layer = make_layer().eval()
+    layer = ready_layer()
     x = torch.zeros(4, 8, 4, 4)
     with pytest.raises(ValueError, match="one entry per sample"):
-        run_grouped(layer, x, torch.tensor([2, 4]))
+        run_grouped(layer, x, torch.tensor([2, 4]), 4)

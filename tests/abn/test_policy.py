@@ -20,14 +20,15 @@ from abn.policy import (
     uniform_fallback,
 )
 from abn.supernet import Supernet, build_supernet
+from tests.nets import calibrate
 
-BITS = (2, 3, 4, 5, 6, 8)
+BITS = (1, 2, 3, 4, 6, 8)
 
 
 @pytest.fixture(scope="module")
 def net() -> Supernet:
     torch.manual_seed(0)
-    return build_supernet("resnet8_fmnist").eval()
+    return calibrate(build_supernet("resnet8_fmnist"))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_budget_at_the_minimum_runs_everything_at_the_narrowest_width(
 ) -> None:
     budgets = torch.full((3,), table.min_bitops, dtype=torch.float64)
     result = run(net, table, torch.randn(3, 1, 28, 28), budgets, random_policy(table, 1))
-    assert bool((result.widths == 2).all())
+    assert bool((result.widths == min(BITS)).all())
     assert bool((result.bitops == budgets).all())
 
 
@@ -119,7 +120,7 @@ def test_pinned_rows_are_honoured(net: Supernet, table: CostTable) -> None:
     n, layers = 5, len(table.layer_macs)
     gen = torch.Generator().manual_seed(3)
     pinned = torch.zeros(n, layers, dtype=torch.long)
-    pinned[1] = torch.tensor(BITS)[torch.randint(0, 6, (layers,), generator=gen)]
+    pinned[1] = torch.tensor(BITS)[torch.randint(0, len(BITS), (layers,), generator=gen)]
     pinned[3] = 8  # pinned above its budget: the caller asked for it, so it is run as given
     budgets = torch.full((n,), (table.min_bitops + table.max_bitops) / 2, dtype=torch.float64)
     x = torch.randn(n, 1, 28, 28, generator=gen)
@@ -153,15 +154,17 @@ def test_fallback_fits_the_budget(net: Supernet, table: CostTable, with_pins: bo
     pinned = None
     if with_pins:
         pinned = torch.zeros(n, layers, dtype=torch.long)
-        pinned[2] = 3
+        pinned[2] = BITS[1]  # narrower than the fallback's BITS[2]
     result = run(net, table, torch.randn(n, 1, 28, 28), budgets, None, pinned=pinned)
     check_rollout(result, table, n)
     assert bool((result.bitops <= budgets).all())
-    expected = [2, 3, 4, 5, 5, 8, 8]
+    # the widest uniform width that fits: BITS[0..3] exactly, BITS[3] just under BITS[4]'s cost
+    fallback = [BITS[0], BITS[1], BITS[2], BITS[3], BITS[3], BITS[-1], BITS[-1]]
+    expected = list(fallback)
     if with_pins:
-        expected[2] = 3
+        expected[2] = BITS[1]
     assert result.widths.tolist() == [[b] * layers for b in expected]
-    assert uniform_fallback(table, budgets).tolist() == [2, 3, 4, 5, 5, 8, 8]
+    assert uniform_fallback(table, budgets).tolist() == fallback
 
 
 def test_budget_below_the_minimum_is_refused_stating_the_range(table: CostTable) -> None:

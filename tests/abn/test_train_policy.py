@@ -57,8 +57,9 @@ def test_training_a_few_steps_saves_a_loadable_verified_policy(
 
 def test_sampled_budgets_cover_the_feasible_range_and_pass_the_check() -> None:
     from abn.supernet import build_supernet
+    from tests.nets import calibrate
 
-    table = cost_table(build_supernet("resnet8_fmnist"))
+    table = cost_table(calibrate(build_supernet("resnet8_fmnist")))
     budgets = sample_budgets(table, 2000, torch.Generator().manual_seed(0))
     check_budgets(table, budgets)
     assert float(budgets.max()) <= table.max_bitops

@@ -158,7 +158,7 @@ def test_batched_answer_equals_one_at_a_time(served_model: ServedModel) -> None:
     budgets = (model.min_bitops + torch.rand(n, generator=gen, dtype=torch.float64) * span).tolist()
     pins = [None] * n
     pins[3] = [8] * model.num_layers
-    pins[7] = [2, 3, 4, 5, 6, 8, 2, 3][: model.num_layers]
+    pins[7] = [*model.table.bit_candidates, 2, 3][: model.num_layers]
 
     async def batched() -> list[Answer]:
         engine = BatchingEngine(
