@@ -75,6 +75,7 @@ def create_app(
         metrics=lambda: state.metrics,
         known_paths=[getattr(r, "path", "") for r in router.routes],
         body_timeout_seconds=settings.body_timeout_seconds,
+        access_log=settings.access_log,
     )
     return app
 

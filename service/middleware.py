@@ -19,6 +19,10 @@ It also enforces what the network may do to a request:
   one line, never as a 500 with a traceback;
 * **overload**: a request that :mod:`service.connections` marked over the concurrency cap is
   answered 503 (``overloaded``) here, without running a route.
+
+And it writes the request's access line (:func:`service.logs.access_line`) once the response
+is done, and sets :data:`service.logs.request_id_var` for the request's task, so every line
+the request causes carries its id.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import OVERLOADED_KEY
 from service.errors import CLIENT_CLOSED_REQUEST, BodyTimeout, ClientGone
+from service.logs import ACCESS_KEY, access_line, request_id_var
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service")
@@ -69,11 +74,13 @@ class RequestContextMiddleware:
         metrics: Callable[[], ServiceMetrics],
         known_paths: Iterable[str] = (),
         body_timeout_seconds: float = 5.0,
+        access_log: bool = True,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = frozenset(known_paths)
         self.body_timeout = body_timeout_seconds
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +95,8 @@ class RequestContextMiddleware:
         )
         request_id = given[0] if given and valid else uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = request_id
+        scope[ACCESS_KEY] = {}
+        id_token = request_id_var.set(request_id)
         status = 500
         started = False
         body_done = False
@@ -191,8 +200,21 @@ class RequestContextMiddleware:
                     send_with_id, 500, "internal_error", "internal error; see the server log"
                 )
         finally:
+            seconds = time.perf_counter() - clock
             route = route_label(scope, self.known_paths)
-            self.metrics().request_done(route, status, time.perf_counter() - clock)
+            self.metrics().request_done(route, status, seconds)
+            if self.access_log:
+                recorded = scope.get(ACCESS_KEY, {})
+                access_line(
+                    method=str(scope.get("method", "")),
+                    route=route,
+                    path=str(scope.get("path", "")),
+                    status=status,
+                    latency_ms=seconds * 1000.0,
+                    budget=recorded.get("budget"),
+                    bitops=recorded.get("bitops"),
+                )
+            request_id_var.reset(id_token)
 
 
 def _names_connection(headers: list[tuple[bytes, bytes]]) -> bool:

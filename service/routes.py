@@ -30,6 +30,7 @@ from service.decode import (
 )
 from service.engine import Answer
 from service.errors import ClientGone, DeadlineExceeded, ServiceError, Unprocessable
+from service.logs import ACCESS_KEY
 from service.middleware import ARRIVAL_KEY, REQUEST_ID_KEY
 from service.schemas import (
     RETRY_AFTER_DOC,
@@ -132,6 +133,8 @@ async def classify(
         )
     except BudgetError as err:
         raise Unprocessable(str(err), error_type="invalid_budget") from err
+    access = request.scope.setdefault(ACCESS_KEY, {})  # what the access line reports
+    access["budget"] = budget
     pinned: list[int] | None = None
     width_values = request.headers.getlist("x-bit-widths")
     if width_values:
@@ -183,6 +186,7 @@ async def classify(
         ),
     )
     state.predictions.remember(request_id, label)
+    access["bitops"] = answer.bitops
     response.headers["X-BitOps-Used"] = format_number(answer.bitops)
     response.headers["X-BitOps-Budget"] = format_number(budget)
     return ClassifyResponse(

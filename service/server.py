@@ -33,6 +33,7 @@ from abn.errors import ModelIntegrityError
 from abn.store import open_model_dir
 from service.app import create_app
 from service.connections import GuardedHttpToolsProtocol
+from service.logs import configure_logging
 from service.settings import Settings, setting_variables, unknown_variables
 
 
@@ -119,9 +120,7 @@ def check_open_file_limit(connections: int) -> None:
 
 def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a graceful shutdown, 1 when the model failed to load."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_format, settings.log_level)
     try:
         open_model_dir(settings.model_dir)  # a clear error before binding the port
     except ModelIntegrityError as err:
@@ -143,7 +142,10 @@ def serve(settings: Settings) -> int:
         workers=1,
         lifespan="on",
         log_level=settings.log_level,
-        access_log=False,  # abn_requests_total and abn_request_duration_seconds cover it
+        # The middleware writes the access line (route, budget, BitOps: uvicorn knows neither),
+        # and uvicorn's loggers propagate to the one handler of configure_logging().
+        access_log=False,
+        log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds + 0.999),
         # The header deadline and the concurrency cap (service/connections.py); uvicorn's own
         # limit_concurrency stays unset because the protocol applies it, answering in JSON.

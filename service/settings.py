@@ -106,6 +106,20 @@ class Settings(BaseSettings):
         "limit (ulimit -n)",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one human-readable line per record; json: one JSON object per line "
+        "with fixed keys, for log collectors (docs/api.md, Logs)",
+    )
+    access_log: bool = Field(
+        True, description="one INFO line per request (service.access); false drops them"
+    )
+    deprecated_metrics: bool = Field(
+        True,
+        description="also export the metric names deprecated in this release "
+        "(abn_layer_bits_total); false drops them, and /metrics then passes promtool check "
+        "metrics",
+    )
 
     @field_validator("default_budget", mode="before")
     @classmethod
