@@ -1,9 +1,20 @@
 """Prometheus metrics of the contract (prefix ``abn_``), on a registry of the app's own.
 
 A dedicated :class:`CollectorRegistry` per app keeps two apps in one process (the tests) from
-colliding and keeps the process collectors out of the service's contract. Request metrics
-exist from the start; model metrics (whose buckets come from the model's own min..max BitOps)
-are created when the model has loaded, so ``/metrics`` answers while the model is loading.
+colliding; the process, platform (``python_info``) and garbage-collector collectors are
+registered on it explicitly, since only the global default registry gets them by itself.
+Request metrics exist from the start; model metrics (whose buckets come from the model's own
+min..max BitOps) are created when the model has loaded, so ``/metrics`` answers while the model
+is loading.
+
+The output passes ``promtool check metrics``:
+
+* no ``*_created`` series: prometheus_client would add one per counter and histogram child,
+  doubling the series count for a timestamp Prometheus (text format 0.0.4) never uses;
+* ``abn_layer_bits_total`` is rejected by promtool (it reads ``bits`` as a unit and asks for
+  bytes); it is superseded by ``abn_layer_width_selections_total`` (labels ``layer``,
+  ``width``), and still exported for one release, deprecated, unless
+  ``ABN_DEPRECATED_METRICS=false``.
 """
 
 from __future__ import annotations
@@ -11,12 +22,24 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.registry import Collector
+
+# Process-wide in prometheus_client, read when a metric is created: so before any is.
+disable_created_metrics()
+
+# The standard collectors the default registry carries (process_*, python_info, python_gc_*).
+STANDARD_COLLECTORS: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+DEPRECATED_LAYER_BITS = "abn_layer_bits_total"
 
 SECONDS_BUCKETS = (
     0.0005,
@@ -62,9 +85,12 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 class ServiceMetrics:
     """Every metric of the contract; methods named after what happened."""
 
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self, max_batch_size: int, *, deprecated_names: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        for collector in STANDARD_COLLECTORS:
+            r.register(collector)  # the same objects in every registry: they only read
+        self.deprecated_names = deprecated_names
         self.requests = Counter(
             "abn_requests_total", "every request", ["route", "status_code"], registry=r
         )
@@ -122,8 +148,9 @@ class ServiceMetrics:
         )
         self.budget: Histogram | None = None
         self.used: Histogram | None = None
-        self.layer_bits: Counter | None = None
-        self._layer_bits_children: dict[tuple[str, int], Counter] = {}
+        self.layer_widths: Counter | None = None
+        self.layer_bits: Counter | None = None  # deprecated: abn_layer_width_selections_total
+        self._layer_children: dict[tuple[str, int], tuple[Counter, ...]] = {}
 
     def bind_model(
         self,
@@ -145,17 +172,37 @@ class ServiceMetrics:
         self.used = Histogram(
             "abn_bitops_used", "BitOps spent per image", buckets=buckets, registry=r
         )
-        self.layer_bits = Counter(
-            "abn_layer_bits_total", "chosen width per layer", ["layer", "bits"], registry=r
+        self.layer_widths = Counter(
+            "abn_layer_width_selections_total",
+            "times each width was chosen for each switchable layer",
+            ["layer", "width"],
+            registry=r,
         )
+        if self.deprecated_names:
+            self.layer_bits = Counter(
+                DEPRECATED_LAYER_BITS,
+                "DEPRECATED, removed in the next release: use abn_layer_width_selections_total "
+                "(label width instead of bits). Chosen width per layer",
+                ["layer", "bits"],
+                registry=r,
+            )
         # Every series exists from the start, at 0; the children are kept so that a request
         # does not pay a labels() lookup per layer.
-        self._layer_bits_children = {
-            (layer, bits): self.layer_bits.labels(layer=layer, bits=str(bits))
+        self._layer_children = {
+            (layer, bits): self._layer_series(layer, bits)
             for layer in layer_names
             for bits in bit_candidates
         }
         self.model_info.labels(model_name=name, model_version=version, device=device).set(1)
+
+    def _layer_series(self, layer: str, bits: int) -> tuple[Counter, ...]:
+        """The children counting one (layer, width) choice: the new name, and the old one
+        while it is still exported."""
+        assert self.layer_widths is not None
+        series = [self.layer_widths.labels(layer=layer, width=str(bits))]
+        if self.layer_bits is not None:
+            series.append(self.layer_bits.labels(layer=layer, bits=str(bits)))
+        return tuple(series)
 
     # -- events -----------------------------------------------------------------------------
     def request_done(self, route: str, status_code: int, seconds: float) -> None:
@@ -176,16 +223,17 @@ class ServiceMetrics:
         confidence: float,
         expected_accuracy: float | None,
     ) -> None:
-        assert self.budget is not None and self.used is not None and self.layer_bits is not None
+        assert self.budget is not None and self.used is not None
         self.budget.observe(budget)
         self.used.observe(bitops)
         # Not capped at 1: a violation must land in the +Inf bucket where the alert sees it.
         self.utilization.observe(max(bitops / budget, 0.0))
         for layer, bits in zip(layer_names, widths, strict=True):
-            child = self._layer_bits_children.get((layer, bits))
-            if child is None:  # not a candidate of the model this registry was made for
-                child = self.layer_bits.labels(layer=layer, bits=str(bits))
-            child.inc()
+            children = self._layer_children.get((layer, bits))
+            if children is None:  # not a candidate of the model this registry was made for
+                children = self._layer_series(layer, bits)
+            for child in children:
+                child.inc()
         self.prediction_confidence.observe(confidence)
         if expected_accuracy is not None:
             self.expected_accuracy.observe(expected_accuracy)

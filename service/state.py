@@ -45,7 +45,9 @@ class ServiceState:
         self.settings = settings
         self.loader = loader
         self.on_fatal = on_fatal
-        self.metrics = ServiceMetrics(settings.max_batch_size)
+        self.metrics = ServiceMetrics(
+            settings.max_batch_size, deprecated_names=settings.deprecated_metrics
+        )
         self.predictions = RecentPredictions(
             settings.feedback_capacity, settings.feedback_ttl_seconds
         )

@@ -464,9 +464,9 @@ def service_dashboard() -> dashboard.Dashboard:
             "that stay at high widths are the sensitive ones.",
             [
                 Query(
-                    f"sum by (layer, bits) (increase(abn_layer_bits_total[{RANGE}])) "
-                    f"/ ignoring (bits) group_left () "
-                    f"sum by (layer) (increase(abn_layer_bits_total[{RANGE}]))",
+                    f"sum by (layer, width) (increase(abn_layer_width_selections_total[{RANGE}])) "
+                    f"/ ignoring (width) group_left () "
+                    f"sum by (layer) (increase(abn_layer_width_selections_total[{RANGE}]))",
                     instant=True,
                     fmt=PromQueryFormat.TABLE,
                 )
@@ -475,7 +475,7 @@ def service_dashboard() -> dashboard.Dashboard:
                 DataTransformerConfig(
                     id_val="groupingToMatrix",
                     options={
-                        "columnField": "bits",
+                        "columnField": "width",
                         "rowField": "layer",
                         "valueField": "Value",
                         "emptyValue": "zero",
@@ -495,9 +495,9 @@ def service_dashboard() -> dashboard.Dashboard:
             "budgets or traffic change.",
             [
                 Query(
-                    f"sum by (bits) (rate(abn_layer_bits_total[{RATE}])) / scalar("
-                    f"sum(rate(abn_layer_bits_total[{RATE}])))",
-                    legend="{{bits}} bits",
+                    f"sum by (width) (rate(abn_layer_width_selections_total[{RATE}])) / "
+                    f"scalar(sum(rate(abn_layer_width_selections_total[{RATE}])))",
+                    legend="{{width}} bits",
                 )
             ],
             "percentunit",

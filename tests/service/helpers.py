@@ -96,7 +96,8 @@ METRIC_NAMES = {
     "abn_bitops_budget",
     "abn_bitops_used",
     "abn_budget_utilization_ratio",
-    "abn_layer_bits_total",
+    "abn_layer_bits_total",  # deprecated: abn_layer_width_selections_total
+    "abn_layer_width_selections_total",
     "abn_prediction_confidence",
     "abn_expected_accuracy",
     "abn_feedback_total",

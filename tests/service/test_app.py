@@ -704,10 +704,13 @@ def test_metrics_move_by_the_right_amounts(
             assert delta("abn_requests_total", route="/classify", status_code="400") == 1
             assert delta("abn_requests_total", route="/metrics", status_code="200") == 1
             assert delta("abn_request_duration_seconds_count", route="/classify") == n + 1
-            assert delta("abn_layer_bits_total") == n * n_layers
+            assert delta("abn_layer_width_selections_total") == n * n_layers
+            assert delta("abn_layer_bits_total") == n * n_layers  # deprecated, still counted
             for layer_index, layer in enumerate(model.layer_names):
                 for bits in model.bit_candidates:
                     chosen = sum(1 for o in ok if o["bit_widths"][layer_index] == bits)
+                    width = {"layer": layer, "width": str(bits)}
+                    assert delta("abn_layer_width_selections_total", **width) == chosen
                     assert delta("abn_layer_bits_total", layer=layer, bits=str(bits)) == chosen
             for name in (
                 "abn_bitops_used_count",

@@ -175,7 +175,7 @@ def test_500_requests_with_random_budgets_stay_within_budget(servers: dict) -> N
     after = scrape(main)
     delta = lambda name, **kw: after.value(name, **kw) - before.value(name, **kw)  # noqa: E731
     assert delta("abn_requests_total", route="/classify", status_code="200") == 500
-    assert delta("abn_layer_bits_total") == 500 * len(model["layers"])
+    assert delta("abn_layer_width_selections_total") == 500 * len(model["layers"])
     assert delta("abn_bitops_used_count") == 500
     assert delta("abn_batch_size_sum") == 500
     assert delta("abn_bitops_used_sum") == pytest.approx(sum(r.json()["bitops"] for r in responses))
