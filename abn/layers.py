@@ -62,14 +62,6 @@ class TransitionalBatchNorm2d(nn.Module):
         self.norms = nn.ModuleDict(
             {k: nn.BatchNorm2d(channels) for k in dict.fromkeys(self.keys())}
         )
-        # width -> position, for the gathers of the inference path (built once, not per call)
-        self.register_buffer("_in_position", self._positions(self.input_widths), persistent=False)
-
-    @staticmethod
-    def _positions(widths: tuple[int, ...]) -> torch.Tensor:
-        lookup = torch.full((max(widths) + 1,), -1, dtype=torch.long)
-        lookup[list(widths)] = torch.arange(len(widths))
-        return lookup
 
     def key(self, in_bits: int, bits: int) -> str:
         if self.mode == "transitional":
@@ -105,17 +97,23 @@ class TransitionalBatchNorm2d(nn.Module):
         return bn(x)
 
     def pair_index(self, in_bits: int | torch.Tensor, bits: int) -> int | torch.Tensor:
-        """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample)."""
+        """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample).
+
+        One int when every sample has the same feeder width (the caller can then run the
+        pair's BN folded into the conv), else a tensor of rows. The widths are read to the host
+        once: for a server's batch sizes that is cheaper than checking them on the device, and
+        an unknown width is refused rather than gathered from another pair's row.
+        """
         own = self.bit_candidates.index(bits)
-        if isinstance(in_bits, int):
-            if in_bits not in self.input_widths:
-                raise UnknownBitWidthError(in_bits, self.input_widths, f"the input of {self.name}")
-            return self.input_widths.index(in_bits) * len(self.bit_candidates) + own
-        position = self._in_position[in_bits.clamp(0, len(self._in_position) - 1)]
-        if bool((position < 0).any()) or bool((in_bits >= len(self._in_position)).any()):
-            bad = sorted(set(in_bits.tolist()) - set(self.input_widths))
-            raise UnknownBitWidthError(bad[0], self.input_widths, f"the input of {self.name}")
-        return position * len(self.bit_candidates) + own
+        values = [in_bits] if isinstance(in_bits, int) else in_bits.tolist()
+        unknown = set(values) - set(self.input_widths)
+        if unknown:
+            raise UnknownBitWidthError(min(unknown), self.input_widths, f"the input of {self.name}")
+        n_own = len(self.bit_candidates)
+        if len(set(values)) == 1:
+            return self.input_widths.index(values[0]) * n_own + own
+        rows = [self.input_widths.index(v) * n_own + own for v in values]
+        return torch.tensor(rows, device=in_bits.device)
 
     @torch.no_grad()
     def affine_table(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ class AccuracyTables:
         accuracy = accuracy or {}
         self.static: list[dict[str, Any]] = list(accuracy.get("static") or [])
         self.adaptive: list[dict[str, Any]] = list(accuracy.get("adaptive") or [])
+        self.baselines: dict[str, Any] | None = accuracy.get("baselines")
         self._adaptive_x, self._adaptive_y = _points(self.adaptive, "budget")
         self._static_x, self._static_y = _points(self.static, "bitops")
         self._exact: dict[tuple[int, ...], float] = {}

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import OVERLOADED_KEY
 from service.errors import CLIENT_CLOSED_REQUEST, BodyTimeout, ClientGone
-from service.logs import ACCESS_KEY, access_line, request_id_var
+from service.logs import ACCESS_KEY, MAX_LOGGED_PATH, access_line, request_id_var
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service")
@@ -114,7 +114,7 @@ class RequestContextMiddleware:
                     "request %s: %s %s: the body did not arrive within %gs; 408, connection closed",
                     request_id,
                     scope.get("method"),
-                    scope.get("path"),
+                    _loggable_path(scope),
                     self.body_timeout,
                 )
                 raise BodyTimeout(
@@ -167,7 +167,7 @@ class RequestContextMiddleware:
                 "request %s: %s %s: the client disconnected %s (499)",
                 request_id,
                 scope.get("method"),
-                scope.get("path"),
+                _loggable_path(scope),
                 where,
             )
         except asyncio.CancelledError:
@@ -193,7 +193,7 @@ class RequestContextMiddleware:
                 "request %s: unhandled error in %s %s",
                 request_id,
                 scope.get("method"),
-                scope.get("path"),
+                _loggable_path(scope),
             )
             if not started:
                 await _send_error(
@@ -215,6 +215,13 @@ class RequestContextMiddleware:
                     bitops=recorded.get("bitops"),
                 )
             request_id_var.reset(id_token)
+
+
+def _loggable_path(scope: Scope) -> str:
+    """The request path for a text log line: the client's (percent-decoded, so it may hold a
+    newline that would forge a line), hence escaped to printable ASCII and bounded."""
+    path = str(scope.get("path", ""))[:MAX_LOGGED_PATH]
+    return path.encode("unicode_escape").decode("ascii")
 
 
 def _names_connection(headers: list[tuple[bytes, bytes]]) -> bool:

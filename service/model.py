@@ -145,7 +145,11 @@ class ServedModel:
             "min_bitops": self.min_bitops,
             "max_bitops": self.max_bitops,
             "fixed_bitops": self.table.fixed_bitops,
-            "accuracy": {"static": self.accuracy.static, "adaptive": self.accuracy.adaptive},
+            "accuracy": {
+                "static": self.accuracy.static,
+                "adaptive": self.accuracy.adaptive,
+                "baselines": self.accuracy.baselines,
+            },
             "architecture": str(manifest.get("architecture", {}).get("name", "")),
             "policy": self.policy_kind,
             "device": str(self.device),

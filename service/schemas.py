@@ -85,9 +85,40 @@ class AdaptiveAccuracy(BaseModel):
     accuracy: float
 
 
+class CascadeAccuracy(BaseModel):
+    """One operating point of a cascade a user could build from pinned requests."""
+
+    model_config = ConfigDict(extra="allow")
+
+    family: Literal["confidence", "layerwise"]
+    dear: list[int] = Field(description="the configuration an unconfident image is re-run at")
+    threshold: float = Field(description="re-run when the cheap pass's top-1 probability is below")
+    min_budget: float = Field(description="the per-image budget a re-run needs (both passes)")
+    mean_bitops: float
+    accuracy: float
+
+
+class OracleAccuracy(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    configs: int
+    mean_bitops: float
+    accuracy: float = Field(description="an upper bound: some listed configuration is right")
+
+
+class BaselineTables(BaseModel):
+    confidence_cascade: list[CascadeAccuracy]
+    layerwise_cascade: list[CascadeAccuracy]
+    oracle: OracleAccuracy
+
+
 class AccuracyTablesModel(BaseModel):
     static: list[StaticAccuracy]
     adaptive: list[AdaptiveAccuracy]
+    baselines: BaselineTables | None = Field(
+        default=None,
+        description="what a user could build without the policy (thresholds from validation)",
+    )
 
 
 class ModelCard(BaseModel):

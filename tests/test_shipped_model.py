@@ -99,3 +99,14 @@ def test_adaptive_accuracy_matches_the_manifest(shipped, test_images) -> None:
         accuracy = float((r.logits.argmax(1) == test_images.labels).double().mean())
         assert abs(accuracy - row["accuracy"]) <= 0.02, (row, accuracy)
         assert float(r.bitops.mean()) == pytest.approx(row["mean_bitops"], rel=0.1), row
+
+
+def test_model_card_serves_the_baselines(shipped) -> None:
+    """``GET /v1/model`` carries the cascade and oracle tables, valid against its schema."""
+    from service.model import ServedModel
+    from service.schemas import ModelCard
+
+    card = ModelCard.model_validate(ServedModel.load(shipped.path, "cpu").card())
+    assert card.bit_candidates == [1, 2, 3, 4, 8]
+    assert card.accuracy.baselines is not None
+    assert card.accuracy.baselines.confidence_cascade and card.accuracy.baselines.oracle

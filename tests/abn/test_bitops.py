@@ -9,10 +9,10 @@ import torch
 
 from abn.bitops import cost_table
 from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN
-from abn.supernet import Supernet, build_supernet
+from abn.supernet import DEFAULT_BIT_CANDIDATES, Supernet, build_supernet
 from tests.nets import give_bn_statistics
 
-BITS = (1, 2, 3, 4, 6, 8)
+BITS = DEFAULT_BIT_CANDIDATES
 
 
 def ready_net(name: str) -> Supernet:

@@ -9,10 +9,10 @@ import torch
 
 from abn.calibrate import balanced_round, calibrate_batch_norm, check_calibrated, feeding_depths
 from abn.errors import UncalibratedBatchNormError
-from abn.supernet import Supernet, architecture, build_supernet
+from abn.supernet import DEFAULT_BIT_CANDIDATES, Supernet, architecture, build_supernet
 from tests.nets import feeder_widths, give_bn_statistics, random_batches
 
-BITS = (1, 2, 3, 4, 6, 8)
+BITS = DEFAULT_BIT_CANDIDATES
 
 
 def small_net(
@@ -118,8 +118,8 @@ def test_check_calibrated_names_the_first_layer_with_an_unseen_pair() -> None:
     net = give_bn_statistics(small_net())
     check_calibrated(net)
     layer = net.switchable_layers[3]
-    layer.bn.norm_for(2, 6).num_batches_tracked.zero_()
+    layer.bn.norm_for(2, 3).num_batches_tracked.zero_()
     with pytest.raises(UncalibratedBatchNormError) as info:
         check_calibrated(net)
-    assert info.value.layer == layer.name and info.value.pairs == [(2, 6)]
-    assert layer.name in str(info.value) and "2->6" in str(info.value)
+    assert info.value.layer == layer.name and info.value.pairs == [(2, 3)]
+    assert layer.name in str(info.value) and "2->3" in str(info.value)

@@ -19,10 +19,10 @@ from abn.policy import (
     rollout,
     uniform_fallback,
 )
-from abn.supernet import Supernet, build_supernet
+from abn.supernet import DEFAULT_BIT_CANDIDATES, Supernet, build_supernet
 from tests.nets import calibrate
 
-BITS = (1, 2, 3, 4, 6, 8)
+BITS = DEFAULT_BIT_CANDIDATES
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ from abn.quant import (
     signed_levels,
     unsigned_levels,
 )
+from abn.supernet import DEFAULT_BIT_CANDIDATES
 
-BITS = (1, 2, 3, 4, 6, 8)
+BITS = DEFAULT_BIT_CANDIDATES
 MULTI_LEVEL = tuple(b for b in BITS if b > 1)  # 1-bit weights are binary, not on this grid
 
 

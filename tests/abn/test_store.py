@@ -55,7 +55,7 @@ def test_save_then_load_gives_the_same_model(tmp_path: Path) -> None:
     assert not loaded.training
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        for config in (1, 8, [1, 2, 3, 4, 6, 8, 2, 1]):
+        for config in (1, 8, [1, 2, 3, 4, 8, 4, 2, 1]):
             assert torch.equal(loaded(x, config), net(x, config))
 
 

@@ -8,11 +8,18 @@ import torch
 from abn.bitops import cost_table
 from abn.errors import ConfigLengthError, UncalibratedBatchNormError, UnknownBitWidthError
 from abn.quant import FULL_PRECISION
-from abn.supernet import ARCHITECTURES, ResNetSpec, Supernet, architecture, build_supernet
+from abn.supernet import (
+    ARCHITECTURES,
+    DEFAULT_BIT_CANDIDATES,
+    ResNetSpec,
+    Supernet,
+    architecture,
+    build_supernet,
+)
 from tests.nets import give_bn_statistics
 
-BITS = (1, 2, 3, 4, 6, 8)
-ALLOWED = "1, 2, 3, 4, 6, 8"
+BITS = DEFAULT_BIT_CANDIDATES
+ALLOWED = ", ".join(map(str, BITS))
 
 
 @pytest.fixture(scope="module")

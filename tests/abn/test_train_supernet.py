@@ -274,7 +274,7 @@ def test_warm_start_copies_weights_and_common_widths_across_candidate_sets() -> 
             if ".steps." in name or ".clip_levels." in name:
                 p.mul_(1.0 + 0.1 * torch.rand(()))
     torch.manual_seed(2)
-    target = build_supernet("resnet8_fmnist")  # (1, 2, 3, 4, 6, 8), transitional BN
+    target = build_supernet("resnet8_fmnist")  # the default set, transitional BN
     assert target.bit_candidates != source.bit_candidates
     warm_start(source, target)
 
