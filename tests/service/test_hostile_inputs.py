@@ -401,7 +401,7 @@ ROWS: list[Row] = [
     ),  # fmt: skip
     widths(" 4", 200, None),
     widths("4 ", 200, None),
-    widths("8, 4,4,3 ,2,6,8,4", 200, None),
+    widths("8, 4,4,3 ,2,4,8,4", 200, None),
     widths("2", 200, None, budget="50M"),
     widths("8", 422, "bit_widths_over_budget", budget="50M"),
     Row(
