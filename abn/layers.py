@@ -233,10 +233,12 @@ class SwitchableConvBN(nn.Module):
 class _FoldedConv:
     """The frozen inference form of a :class:`SwitchableConvBN` (see ``fold_for_inference``).
 
-    Two paths, the same arithmetic: a group whose samples share one feeder width runs one conv
-    with that pair's BN folded into weight and bias (folded once, here, for every pair); a
-    group with mixed feeders runs one conv at its width, then each sample's scale and shift
-    are gathered from the (pair, channel) table.
+    One conv per width group with that width's quantized weight, then each sample's BN pair as
+    a per-channel multiply-add (one row of the (pair, channel) table for the whole group when
+    its samples share a feeder width, else gathered per sample). Both ways do the same
+    arithmetic per sample, so a sample's answer does not depend on what it is batched with;
+    folding each pair's BN into its own conv weights would make uniform groups round
+    differently from mixed ones.
     """
 
     def __init__(
@@ -252,26 +254,19 @@ class _FoldedConv:
         self.scale = scale
         self.shift = shift
         self.bn = bn
-        self.pair_weights = {
-            bn.pair_index(i, b): (
-                weights[b] * scale[bn.pair_index(i, b)].view(-1, 1, 1, 1)
-            ).contiguous()
-            for i in bn.input_widths
-            for b in bn.bit_candidates
-        }
 
     def run(
         self, x: torch.Tensor, bits: int, in_bits: Widths, stride: int, padding: int
     ) -> torch.Tensor:
         step, high = self.steps[bits]
-        xq = quantize_unsigned(x, step, high)
+        y = F.conv2d(quantize_unsigned(x, step, high), self.weights[bits], None, stride, padding)
         row = self.bn.pair_index(in_bits, bits)
         if isinstance(row, int):
-            return F.conv2d(xq, self.pair_weights[row], self.shift[row], stride, padding)
-        y = F.conv2d(xq, self.weights[bits], None, stride, padding)
-        return torch.addcmul(
-            self.shift[row][:, :, None, None], y, self.scale[row][:, :, None, None]
-        )
+            scale = self.scale[row].view(1, -1, 1, 1)
+            shift = self.shift[row].view(1, -1, 1, 1)
+        else:
+            scale, shift = self.scale[row][:, :, None, None], self.shift[row][:, :, None, None]
+        return torch.addcmul(shift, y, scale)
 
 
 class FixedConvBN(nn.Module):

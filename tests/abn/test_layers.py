@@ -168,8 +168,8 @@ def test_training_one_configuration_leaves_every_unused_pair_and_width_unchanged
             same += 1
     assert changed == 6 * n  # weight step, clip level, the pair's BN weight/bias/mean/var
     pairs = sum(len(layer.input_widths) * len(BITS) for layer in net.switchable_layers)
-    # 5 other widths x (step, clip) per layer; every other pair's 5 BN entries
-    assert same == 5 * 2 * n + 5 * (pairs - n)
+    # the other widths' (step, clip) per layer; every other pair's 5 BN entries
+    assert same == (len(BITS) - 1) * 2 * n + 5 * (pairs - n)
 
 
 def _block_paths(net: torch.nn.Module) -> list[str]:

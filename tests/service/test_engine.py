@@ -158,7 +158,8 @@ def test_batched_answer_equals_one_at_a_time(served_model: ServedModel) -> None:
     budgets = (model.min_bitops + torch.rand(n, generator=gen, dtype=torch.float64) * span).tolist()
     pins = [None] * n
     pins[3] = [8] * model.num_layers
-    pins[7] = [*model.table.bit_candidates, 2, 3][: model.num_layers]
+    widths = model.table.bit_candidates
+    pins[7] = [widths[i % len(widths)] for i in range(model.num_layers)]  # every width, mixed
 
     async def batched() -> list[Answer]:
         engine = BatchingEngine(
