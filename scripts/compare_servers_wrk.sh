@@ -1,0 +1,38 @@
+#!/bin/bash
+# Served throughput of two checkouts, alternated, one server at a time, driven by wrk
+# (Debian's package): 10 s at 32 connections posting one 28x28 PNG, pinned at 3 bits and
+# adaptive at a 600M budget, ROUNDS rounds. Loopback only.
+#   OLD=/tmp/abn-old scripts/compare_servers_wrk.sh     (OLD: a checkout of the earlier version)
+set -euo pipefail
+OLD=${OLD:?set OLD to the other checkout}
+NEW=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${ROUNDS:-2}
+WORK=$(mktemp -d)
+"$NEW/.venv/bin/python" -c "
+from abn.data import load_fashion_mnist; from PIL import Image
+Image.fromarray(load_fashion_mnist('test').images[0, 0].numpy()).save('$WORK/img.png')"
+cat > "$WORK/post.lua" <<LUA
+local f = io.open("$WORK/img.png", "rb"); local body = f:read("*all"); f:close()
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "image/png"
+local pin = os.getenv("PIN"); if pin and pin ~= "" then wrk.headers["X-Bit-Widths"] = pin end
+local budget = os.getenv("BUDGET"); if budget and budget ~= "" then wrk.headers["X-BitOps-Budget"] = budget end
+LUA
+serve() { # checkout port
+  (cd "$1" && PYTHONPATH="$1" nohup "$NEW/.venv/bin/abn" serve --model model_store/fmnist-abn \
+      --port "$2" > "$WORK/server-$2.log" 2>&1 &)
+  for _ in $(seq 60); do curl -sf "localhost:$2/readyz" > /dev/null && return; sleep 1; done
+  echo "server on $2 not ready" >&2; exit 1
+}
+for round in $(seq "$ROUNDS"); do
+  for name in old new; do
+    if [ "$name" = old ]; then dir=$OLD port=18500; else dir=$NEW port=18501; fi
+    serve "$dir" "$port"
+    for mode in pinned adaptive; do
+      if [ "$mode" = pinned ]; then export PIN=3 BUDGET=; else export PIN= BUDGET=600M; fi
+      out=$(wrk -t1 -c32 -d10s --latency -s "$WORK/post.lua" "http://127.0.0.1:$port/classify")
+      echo "round $round $name $mode $(grep Requests/sec <<< "$out") $(grep -E '^ +(50|99)%' <<< "$out" | tr -s ' ' | tr '\n' ' ')"
+    done
+    pkill -f "abn serve --model model_store/fmnist-abn --port $port" || true
+    sleep 2
+  done
+done
