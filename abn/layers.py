@@ -99,8 +99,8 @@ class TransitionalBatchNorm2d(nn.Module):
     def pair_index(self, in_bits: int | torch.Tensor, bits: int) -> int | torch.Tensor:
         """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample).
 
-        One int when every sample has the same feeder width (the caller can then run the
-        pair's BN folded into the conv), else a tensor of rows. The widths are read to the host
+        One int when every sample has the same feeder width (one row broadcast over the group),
+        else a tensor of rows. The widths are read to the host
         once: for a server's batch sizes that is cheaper than checking them on the device, and
         an unknown width is refused rather than gathered from another pair's row.
         """
