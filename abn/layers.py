@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,8 @@ class TransitionalBatchNorm2d(nn.Module):
         self.norms = nn.ModuleDict(
             {k: nn.BatchNorm2d(channels) for k in dict.fromkeys(self.keys())}
         )
+        # feeder width -> first row of its pairs in affine_table, built once, not per call
+        self._first_row = {w: i * len(self.bit_candidates) for i, w in enumerate(self.input_widths)}
 
     def key(self, in_bits: int, bits: int) -> str:
         if self.mode == "transitional":
@@ -106,13 +109,13 @@ class TransitionalBatchNorm2d(nn.Module):
         """
         own = self.bit_candidates.index(bits)
         values = [in_bits] if isinstance(in_bits, int) else in_bits.tolist()
-        unknown = set(values) - set(self.input_widths)
+        distinct = set(values)
+        unknown = distinct - self._first_row.keys()
         if unknown:
             raise UnknownBitWidthError(min(unknown), self.input_widths, f"the input of {self.name}")
-        n_own = len(self.bit_candidates)
-        if len(set(values)) == 1:
-            return self.input_widths.index(values[0]) * n_own + own
-        rows = [self.input_widths.index(v) * n_own + own for v in values]
+        if len(distinct) == 1:
+            return self._first_row[values[0]] + own
+        rows = [self._first_row[v] + own for v in values]
         return torch.tensor(rows, device=in_bits.device)
 
     @torch.no_grad()
@@ -121,22 +124,20 @@ class TransitionalBatchNorm2d(nn.Module):
         unseen = self.unseen_pairs()
         if unseen:
             raise UncalibratedBatchNormError(self.name, unseen)
-        scales, shifts = [], []
-        for k in self.keys():
-            bn = self.norms[k]
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            scales.append(scale)
-            shifts.append(bn.bias - bn.running_mean * scale)
+        scales, shifts = zip(*(bn_affine(self.norms[k]) for k in self.keys()), strict=True)
         return torch.stack(scales).contiguous(), torch.stack(shifts).contiguous()
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BN as the per-channel ``(scale, shift)`` it applies."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A conv weight and bias equal to conv-then-BN in eval mode (BN is affine per channel)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return (
-        (weight * scale.view(-1, 1, 1, 1)).contiguous(),
-        (bn.bias - bn.running_mean * scale).contiguous(),
-    )
+    scale, shift = bn_affine(bn)
+    return (weight * scale.view(-1, 1, 1, 1)).contiguous(), shift.contiguous()
 
 
 def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
@@ -230,6 +231,7 @@ class SwitchableConvBN(nn.Module):
         return super().train(mode)
 
 
+@dataclass(frozen=True)
 class _FoldedConv:
     """The frozen inference form of a :class:`SwitchableConvBN` (see ``fold_for_inference``).
 
@@ -241,19 +243,11 @@ class _FoldedConv:
     differently from mixed ones.
     """
 
-    def __init__(
-        self,
-        weights: dict[int, torch.Tensor],
-        steps: dict[int, tuple[float, int]],
-        scale: torch.Tensor,
-        shift: torch.Tensor,
-        bn: TransitionalBatchNorm2d,
-    ) -> None:
-        self.weights = weights
-        self.steps = steps
-        self.scale = scale
-        self.shift = shift
-        self.bn = bn
+    weights: dict[int, torch.Tensor]  # width -> quantized weight
+    steps: dict[int, tuple[float, int]]  # width -> (activation step, highest level)
+    scale: torch.Tensor  # (pairs, channels)
+    shift: torch.Tensor
+    bn: TransitionalBatchNorm2d  # for pair_index
 
     def run(
         self, x: torch.Tensor, bits: int, in_bits: Widths, stride: int, padding: int
