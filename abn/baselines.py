@@ -123,15 +123,6 @@ def cascade_points(
     return out
 
 
-def block_boundaries(net: Supernet) -> list[int]:
-    """Index of the first switchable layer of every block after the first."""
-    starts, index = [], 0
-    for block in net.blocks:
-        starts.append(index)
-        index += len(block.switchable_layers())
-    return starts[1:]
-
-
 class BaselineSuite:
     """Scores static configurations on validation and test once each, and builds every
     baseline family from them (thresholds chosen on validation, figures on both splits)."""
@@ -177,7 +168,8 @@ class BaselineSuite:
         """The validation Pareto front of each cascade family, with test figures."""
         families: dict[str, list[dict]] = {"confidence": [], "layerwise": []}
         cheap_val = self.scores("val", self.cheap_config)
-        for template in cascade_points(self.table, self.cheapest, block_boundaries(self.net)):
+        boundaries = self.net.block_first_layers()[1:]
+        for template in cascade_points(self.table, self.cheapest, boundaries):
             for t in thresholds_for(cheap_val):
                 point = CascadePoint(
                     template.family, template.dear, t, template.cost_cheap, template.cost_extra

@@ -7,8 +7,13 @@ State at layer ``i`` (per sample):
   * the budget state: the slack still free once the cheapest cost of layers ``i..L-1`` is
     reserved, as a fraction of what those layers could use at most; BitOps spent so far and the
     budget itself, both as fractions of the dearest configuration; the layer's position.
-Action: the layer's width. Reward (training): log-probability of the true class minus
-``bitops_charge * bitops / max_bitops``.
+Action: the layer's width. Reward (training): log-probability of the true class minus a
+charge per BitOps spent (see :mod:`abn.train.policy`).
+
+The last decision (when the spec has escalations), once the first pass has answered: stop, or
+re-run the network from a block boundary at one width, reusing the first pass up to there (a
+cascade inside the MDP). Its state is the first pass's class probabilities and the budget
+left; its answer replaces the first pass's, and both passes are paid.
 
 The budget is a guarantee by construction: a width is masked unless, after paying for it, the
 remaining layers still fit at their cheapest width. By induction from the first layer, any
@@ -28,7 +33,8 @@ from torch import nn
 
 from abn.bitops import CostTable
 from abn.errors import BudgetError
-from abn.supernet import Supernet
+from abn.layers import Widths
+from abn.supernet import BlockInput, LayerwiseRun, Supernet
 
 POOL_SUBSAMPLE_FROM = 14  # maps this wide or wider are pooled over every other pixel
 
@@ -50,6 +56,7 @@ class _TrackerConstants:
     state_bias: list[torch.Tensor]  # layer -> (4,)
     state_low: torch.Tensor
     state_high: torch.Tensor
+    top: float  # BitOps of the dearest configuration
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,6 +108,7 @@ def _tracker_constants(
         biases,
         torch.tensor([0.0, -inf, -inf, -inf], dtype=f64, device=device),
         torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device),
+        top,
     )
 
 
@@ -138,6 +146,21 @@ class BudgetTracker:
 
     def pay(self, index: int, widths: torch.Tensor) -> None:
         self.spent = self.spent + self._c.cost_by_width[index][widths.long()]
+
+    def feasible_extra(self, costs: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` bool: which of ``K`` extra costs still fit each sample's budget."""
+        return self.spent[:, None] + costs[None, :] <= self.budgets[:, None]
+
+    def final_state(self) -> torch.Tensor:
+        """``(N, 4)`` float once every layer is paid: what is left, spent and budget as
+        fractions of the dearest configuration, and the position (1, past the last layer)."""
+        top = self._c.top
+        left = (self.budgets - self.spent) / top
+        state = torch.stack([left, self.spent / top, self.budgets / top, torch.ones_like(left)], 1)
+        return state.clamp(max=1.5).float()
+
+    def pay_extra(self, costs: torch.Tensor) -> None:
+        self.spent = self.spent + costs
 
 
 def check_budget(table: CostTable, budget: float) -> None:
@@ -181,6 +204,29 @@ def decision_layers_for(table: CostTable, granularity: str) -> tuple[int, ...]:
     raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
 
 
+Escalation = tuple[int, int]  # (block to re-run from, width of the re-run)
+
+
+def escalations_for(table: CostTable) -> tuple[Escalation, ...]:
+    """Every re-run a policy may choose after its first pass: from each block boundary, at each
+    width above the cheapest (re-running at the cheapest never buys accuracy)."""
+    blocks = decision_layers_for(table, "block")
+    return tuple((k, b) for k in range(len(blocks)) for b in table.bit_candidates[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def escalation_costs(
+    table: CostTable, escalations: tuple[Escalation, ...], device: torch.device
+) -> torch.Tensor:
+    """``(1 + E,)`` float64: what each escalation option adds, option 0 being "stop"."""
+    first = decision_layers_for(table, "block")
+    extra = [
+        sum(table.layer_cost(i, b) for i in range(first[k], len(table.layer_macs)))
+        for k, b in escalations
+    ]
+    return torch.tensor([0.0, *extra], dtype=torch.float64, device=device)
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     feature_channels: tuple[int, ...]  # channels of the activation at each decision
@@ -190,6 +236,9 @@ class PolicySpec:
     # switchable-layer indices where a decision is taken; each holds until the next one.
     # Empty means every layer (the per-layer MDP, and what policies saved before this existed).
     decision_layers: tuple[int, ...] = ()
+    # the re-runs the last decision may choose, after the first pass; empty: no last decision
+    escalations: tuple[Escalation, ...] = ()
+    num_classes: int = 0  # the first pass's class probabilities are the last decision's input
 
     def decisions(self) -> tuple[int, ...]:
         return self.decision_layers or tuple(range(len(self.feature_channels)))
@@ -201,6 +250,8 @@ class PolicySpec:
             "hidden": self.hidden,
             "state_features": self.state_features,
             "decision_layers": list(self.decisions()),
+            "escalations": [list(e) for e in self.escalations],
+            "num_classes": self.num_classes,
         }
 
     @classmethod
@@ -211,23 +262,41 @@ class PolicySpec:
             int(d["hidden"]),
             int(d.get("state_features", 4)),
             tuple(d.get("decision_layers", ())),
+            tuple((int(k), int(b)) for k, b in d.get("escalations", ())),
+            int(d.get("num_classes", 0)),
         )
 
     @classmethod
     def for_table(
-        cls, table: CostTable, hidden: int = 32, granularity: str = "layer"
+        cls,
+        table: CostTable,
+        hidden: int = 32,
+        granularity: str = "layer",
+        num_classes: int = 0,
     ) -> PolicySpec:
+        """A spec deciding at ``granularity``; with ``num_classes`` it also gets the last
+        decision, the re-run from a block boundary (:func:`escalations_for`)."""
         decisions = decision_layers_for(table, granularity)
         return cls(
             tuple(table.layer_input_shapes[i][0] for i in decisions),
             table.bit_candidates,
             hidden,
             decision_layers=decisions,
+            escalations=escalations_for(table) if num_classes else (),
+            num_classes=num_classes,
         )
 
 
+def confidence_features(logits: torch.Tensor) -> torch.Tensor:
+    """What the last decision reads of the first pass: its class probabilities, and the same
+    sorted (top-1, margin and spread, whatever the class)."""
+    probs = torch.softmax(logits, dim=1)
+    return torch.cat([probs, probs.sort(dim=1, descending=True).values], dim=1)
+
+
 class WidthPolicy(nn.Module):
-    """A small MLP scoring each width of the next layer from the MDP state."""
+    """A small MLP scoring each width of the next layer from the MDP state, and (when the spec
+    has escalations) a second one scoring "stop" or a re-run once the first pass has answered."""
 
     def __init__(self, spec: PolicySpec) -> None:
         super().__init__()
@@ -241,7 +310,21 @@ class WidthPolicy(nn.Module):
         # Start by preferring wide widths: a fresh policy then behaves like "spend the budget".
         with torch.no_grad():
             self.head.bias.copy_(torch.linspace(-1.0, 1.0, len(spec.bit_candidates)))
-
+        self.escalation: nn.Sequential | None = None
+        if spec.escalations:
+            options = 1 + len(spec.escalations)
+            last = nn.Linear(h, options)
+            nn.init.zeros_(last.weight)
+            with torch.no_grad():  # start at even odds of stopping
+                last.bias.zero_()
+                last.bias[0] = math.log(options - 1)
+            self.escalation = nn.Sequential(
+                nn.Linear(2 * spec.num_classes + spec.state_features, h),
+                nn.ReLU(),
+                nn.Linear(h, h),
+                nn.ReLU(),
+                last,
+            )
         self._position = {layer: k for k, layer in enumerate(spec.decisions())}
 
     def decides_at(self, index: int) -> bool:
@@ -252,8 +335,13 @@ class WidthPolicy(nn.Module):
         z = F.relu(self.feature_proj[self._position[index]](features) + self.state_proj(state))
         return self.head(F.relu(self.hidden(z)))
 
+    def escalation_scores(self, logits: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``(N, 1 + E)`` scores of "stop" and of each re-run, from the first pass's answer."""
+        assert self.escalation is not None
+        return self.escalation(torch.cat([confidence_features(logits), state], dim=1))
+
     def flops_per_image(self, table: CostTable) -> int:
-        """FLOPs of all decisions for one image: pooling, the MLP (2 per MAC), the mask."""
+        """FLOPs of all decisions for one image: pooling, the MLPs (2 per MAC), the mask."""
         h, k, s = self.spec.hidden, len(self.spec.bit_candidates), self.spec.state_features
         total = 0
         for i in self.spec.decisions():
@@ -263,19 +351,78 @@ class WidthPolicy(nn.Module):
             total += c * hh * ww  # pooling sums
             total += 2 * (c * h + s * h + h * h + h * k) + 3 * h  # MLP + biases + ReLUs
             total += 4 * k + 8  # budget state, mask and argmax
+        if self.spec.escalations:
+            c, e = self.spec.num_classes, 1 + len(self.spec.escalations)
+            total += 3 * c + c * c  # softmax and a sort's comparisons (an upper bound)
+            total += 2 * ((2 * c + s) * h + h * h + h * e) + 2 * h + e  # MLP + biases + ReLUs
+            total += 3 * e + 8  # budget state, mask and argmax
         return total
-
-
-Chooser = Callable[[int, torch.Tensor, BudgetTracker, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class Rollout:
-    logits: torch.Tensor  # (N, classes)
-    widths: torch.Tensor  # (N, L) chosen widths
-    bitops: torch.Tensor  # (N,) float64 BitOps spent
-    log_prob: torch.Tensor | None = None  # (N,) sum over layers, when sampled
+    logits: torch.Tensor  # (N, classes): the answer (the re-run's, for an escalated image)
+    widths: torch.Tensor  # (N, L): the configuration that answered
+    bitops: torch.Tensor  # (N,) float64 BitOps spent, both passes
+    escalation: torch.Tensor | None = None  # (N,) option taken (0: none), when the policy has it
+    first_pass: torch.Tensor | None = None  # (N, L) the first pass's widths, when it had one
+    log_prob: torch.Tensor | None = None  # (N,) sum over decisions, when sampled
     entropy: torch.Tensor | None = None
+
+
+class _Picker:
+    """Turns masked scores into choices: argmax, or sampled with training's bookkeeping (the
+    log-probability and entropy of each free row's choices; pinned rows contribute nothing)."""
+
+    def __init__(self, sample: bool, generator: torch.Generator | None, free: torch.Tensor):
+        self.sample, self.generator, self.free = sample, generator, free
+        self.log_probs: list[torch.Tensor] = []
+        self.entropies: list[torch.Tensor] = []
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        if not self.sample:
+            return scores.argmax(dim=1)
+        dist = torch.distributions.Categorical(logits=scores)
+        pick = torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(1)
+        zero = torch.zeros((), device=scores.device)
+        self.log_probs.append(torch.where(self.free, dist.log_prob(pick), zero))
+        self.entropies.append(torch.where(self.free, dist.entropy(), zero))
+        return pick
+
+    def totals(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not self.log_probs:
+            return None, None
+        return torch.stack(self.log_probs, 1).sum(1), torch.stack(self.entropies, 1).sum(1)
+
+
+class _PolicyChooser:
+    """The policy's widths for free rows, masked by the budget; a decision holds until the
+    next one (block / network granularity)."""
+
+    def __init__(self, policy: WidthPolicy, table: CostTable, picker: _Picker) -> None:
+        self.policy, self.picker = policy, picker
+        self.bits = torch.tensor(table.bit_candidates, device=picker.free.device)
+        self.all_free = bool(picker.free.all())
+        self.last: torch.Tensor | None = None
+        self._pooled: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _features(self, activation: torch.Tensor) -> torch.Tensor:
+        # conv1 and the shortcut read the same tensor: pool it once
+        if self._pooled is None or self._pooled[0] is not activation:
+            self._pooled = (activation, pooled_features(activation))
+        return self._pooled[1]
+
+    def __call__(self, index: int, activation: torch.Tensor, tracker: BudgetTracker):
+        if not self.policy.decides_at(index):
+            return self.last
+        scores = self.policy(index, self._features(activation), tracker.state(index))
+        # a pinned row's pick is discarded; leaving it unmasked keeps a row that is pinned
+        # over its budget (all widths infeasible) from turning the distribution into NaN
+        allowed = tracker.feasible(index)
+        if not self.all_free:
+            allowed = allowed | ~self.picker.free[:, None]
+        self.last = self.bits[self.picker(scores.masked_fill(~allowed, float("-inf")))]
+        return self.last
 
 
 def rollout(
@@ -294,61 +441,91 @@ def rollout(
     A sample's widths come from its row of ``pinned`` (an ``(N, L)`` tensor; a row of zeros
     means "not pinned"), else from ``policy`` (greedy, or sampled for training), else from the
     fallback rule: the dearest uniform width that fits the sample's budget. Policy choices are
-    always masked by the budget; pinned rows are taken as given (the caller checks them).
+    always masked by the budget; pinned rows are taken as given (the caller checks them) and
+    never re-run. A policy with escalations then takes its last decision (:func:`escalate`).
     """
     budgets = budgets.to(device=x.device, dtype=torch.float64)
     tracker = BudgetTracker(table, budgets, None if policy is None else policy.spec.decisions())
-    bits = torch.tensor(table.bit_candidates, device=x.device)
-    free = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    any_free, all_free = True, True
+    is_pinned = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if pinned is not None:
         pinned = pinned.to(x.device).long()
-        free = (pinned == 0).all(dim=1)  # rows of zeros are not pinned: the policy decides
-        any_free, all_free = bool(free.any()), bool(free.all())
-    fallback = uniform_fallback(table, budgets).to(x.device) if policy is None else None
+        is_pinned = (pinned != 0).any(dim=1)
+    picker = _Picker(sample, generator, ~is_pinned)
+    choose = _width_chooser(table, budgets, policy, picker, pinned, is_pinned)
     run = net.start(x)
-    chosen, log_probs, entropies = [], [], []
-    last_act, last_feat = None, None
+    chosen = []
     while not run.done:
         i = run.layer_index
-        if not any_free:
-            widths = pinned[:, i]
-        elif fallback is not None:
-            widths = fallback
-        elif not policy.decides_at(i):
-            widths = chosen[-1]  # the last decision holds (block / network granularity)
-        else:
-            act = run.activation
-            if act is not last_act:  # conv1 and shortcut read the same tensor: pool once
-                last_act, last_feat = act, pooled_features(act)
-            scores = policy(i, last_feat, tracker.state(i))
-            # a pinned row's pick is discarded; leaving it unmasked keeps a row that is pinned
-            # over its budget (all widths infeasible) from turning the distribution into NaN
-            allowed = tracker.feasible(i)
-            if not all_free:
-                allowed = allowed | ~free[:, None]
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            if sample:
-                dist = torch.distributions.Categorical(logits=scores)
-                pick = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
-                zero = torch.zeros((), device=x.device)
-                log_probs.append(torch.where(free, dist.log_prob(pick), zero))
-                entropies.append(torch.where(free, dist.entropy(), zero))
-            else:
-                pick = scores.argmax(dim=1)
-            widths = bits[pick]
-        if any_free and not all_free:
-            widths = torch.where(free, widths, pinned[:, i])
+        widths = choose(i, run.activation, tracker)
         tracker.pay(i, widths)
         chosen.append(widths)
         run.advance(widths)
-    return Rollout(
-        logits=run.logits,
-        widths=torch.stack(chosen, dim=1),
-        bitops=tracker.spent,
-        log_prob=torch.stack(log_probs, 1).sum(1) if log_probs else None,
-        entropy=torch.stack(entropies, 1).sum(1) if entropies else None,
-    )
+    result = Rollout(run.logits, torch.stack(chosen, dim=1), tracker.spent)
+    if policy is not None and policy.escalation is not None and not bool(is_pinned.all()):
+        escalate(net, table, policy, result, run, tracker, picker)
+    result.bitops = tracker.spent
+    result.log_prob, result.entropy = picker.totals()
+    return result
+
+
+def _width_chooser(
+    table: CostTable,
+    budgets: torch.Tensor,
+    policy: WidthPolicy | None,
+    picker: _Picker,
+    pinned: torch.Tensor | None,
+    is_pinned: torch.Tensor,
+) -> Callable[[int, torch.Tensor, BudgetTracker], torch.Tensor]:
+    """The rule giving each layer's widths: pinned rows, the policy, or the uniform fallback."""
+    if pinned is not None and bool(is_pinned.all()):
+        return lambda i, _act, _tracker: pinned[:, i]
+    if policy is None:
+        fallback = uniform_fallback(table, budgets).to(budgets.device)
+        free_rule = lambda _i, _act, _tracker: fallback  # noqa: E731
+    else:
+        free_rule = _PolicyChooser(policy, table, picker)
+    if pinned is None or not bool(is_pinned.any()):
+        return free_rule
+    return lambda i, act, tracker: torch.where(is_pinned, pinned[:, i], free_rule(i, act, tracker))
+
+
+def escalate(
+    net: Supernet,
+    table: CostTable,
+    policy: WidthPolicy,
+    result: Rollout,
+    run: LayerwiseRun,
+    tracker: BudgetTracker,
+    picker: _Picker,
+) -> None:
+    """The last decision: stop, or re-run from a block boundary at one width, reusing the first
+    pass up to that boundary; the re-run's answer replaces the first pass's and both are paid.
+    An option is masked unless its extra cost fits what is left of the image's budget."""
+    costs = escalation_costs(table, policy.spec.escalations, result.bitops.device)
+    allowed = tracker.feasible_extra(costs) & picker.free[:, None]
+    allowed[:, 0] = True  # stopping is always allowed (the first pass already fits)
+    scores = policy.escalation_scores(result.logits, tracker.final_state())
+    option = picker(scores.masked_fill(~allowed, float("-inf")))
+    tracker.pay_extra(costs[option])
+    result.escalation = option
+    result.first_pass = result.widths.clone()
+    first_layers = net.block_first_layers()
+    taken = [(r, *policy.spec.escalations[o - 1]) for r, o in enumerate(option.tolist()) if o]
+    for block in sorted({k for _, k, _ in taken}):
+        rows = [(r, b) for r, k, b in taken if k == block]
+        index = torch.tensor([r for r, _ in rows], device=option.device)
+        widths = torch.tensor([b for _, b in rows], device=option.device)
+        given = run.block_inputs[block]
+        rerun = net.resume(block, BlockInput(given.activation[index], _rows(given.widths, index)))
+        while not rerun.done:
+            rerun.advance(widths)
+        result.logits = result.logits.index_copy(0, index, rerun.logits.to(result.logits.dtype))
+        result.widths[index, first_layers[block] :] = widths[:, None].to(result.widths.dtype)
+
+
+def _rows(widths: Widths, index: torch.Tensor) -> Widths:
+    """The widths of the rows ``index`` (a per-sample tensor, or one width for all)."""
+    return widths[index] if isinstance(widths, torch.Tensor) else widths
 
 
 def uniform_fallback(table: CostTable, budgets: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from abn.errors import ConfigLengthError, UnknownBitWidthError
+from abn.errors import ConfigError, ConfigLengthError, UnknownBitWidthError
 from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, Widths, run_grouped
 
 DEFAULT_BIT_CANDIDATES = (1, 2, 3, 4, 8)  # chosen on validation: docs/results.md
@@ -127,7 +127,7 @@ ARCHITECTURES: dict[str, ResNetSpec] = {
 def architecture(name: str, **overrides: object) -> ResNetSpec:
     """The named architecture, with fields such as ``num_classes`` overridden."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[name]
     return spec.replace(**overrides) if overrides else spec
 
@@ -193,6 +193,15 @@ class BasicBlock(nn.Module):
         return F.relu(out + run_grouped(self.shortcut, x, widths, in_widths)), out_widths
 
 
+@dataclass(frozen=True)
+class BlockInput:
+    """A residual block's input in one pass: the activation and the widths that produced it
+    (what its first layers' transitional BN pairs are keyed by)."""
+
+    activation: torch.Tensor
+    widths: Widths
+
+
 class LayerwiseRun:
     """One forward pass paused before each switchable layer, so a caller picks its width.
 
@@ -200,11 +209,19 @@ class LayerwiseRun:
     ``layer_index`` its position in :attr:`Supernet.switchable_layers`.
     """
 
-    def __init__(self, steps: Generator[torch.Tensor, Widths, torch.Tensor], check) -> None:
+    def __init__(
+        self,
+        steps: Generator[torch.Tensor, Widths, torch.Tensor],
+        check,
+        first_layer: int = 0,
+        block_inputs: list[BlockInput] | None = None,
+    ) -> None:
         self._steps = steps
         self._check = check
-        self.layer_index = 0
+        self.layer_index = first_layer
         self.logits: torch.Tensor | None = None
+        # each block's input as this pass saw it, so a later pass can re-run from a boundary
+        self.block_inputs: list[BlockInput] = [] if block_inputs is None else block_inputs
         self.activation: torch.Tensor | None = next(steps)
 
     @property
@@ -306,19 +323,38 @@ class Supernet(nn.Module):
         return [bits] * self.num_switchable
 
     # -- execution ------------------------------------------------------------------------
-    def _steps(self, x: torch.Tensor) -> Generator[torch.Tensor, Widths, torch.Tensor]:
-        h = self.stem(x)
-        if self.spec.stem_pool:
-            h = F.max_pool2d(h, kernel_size=3, stride=2, padding=1)
-        widths: Widths = self.spec.fixed_bits
-        for block in self.blocks:
+    def _steps(
+        self, h: torch.Tensor, widths: Widths, first_block: int, record: list[BlockInput]
+    ) -> Generator[torch.Tensor, Widths, torch.Tensor]:
+        for block in self.blocks[first_block:]:
+            record.append(BlockInput(h, widths))
             h, widths = yield from block.steps(h, widths)
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)
         return self.classifier(h)
 
     def start(self, x: torch.Tensor) -> LayerwiseRun:
         """Begin a forward pass that pauses before every switchable layer."""
-        return LayerwiseRun(self._steps(x), self.check_widths)
+        h = self.stem(x)
+        if self.spec.stem_pool:
+            h = F.max_pool2d(h, kernel_size=3, stride=2, padding=1)
+        record: list[BlockInput] = []
+        steps = self._steps(h, self.spec.fixed_bits, 0, record)
+        return LayerwiseRun(steps, self.check_widths, 0, record)
+
+    def block_first_layers(self) -> list[int]:
+        """Index of each block's first switchable layer."""
+        starts, index = [], 0
+        for block in self.blocks:
+            starts.append(index)
+            index += len(block.switchable_layers())
+        return starts
+
+    def resume(self, block: int, given: BlockInput) -> LayerwiseRun:
+        """A pass from block ``block``'s input onwards: how an earlier pass's prefix is reused
+        when later layers are re-run at other widths."""
+        record: list[BlockInput] = []
+        steps = self._steps(given.activation, given.widths, block, record)
+        return LayerwiseRun(steps, self.check_widths, self.block_first_layers()[block], record)
 
     def forward(self, x: torch.Tensor, config: Config) -> torch.Tensor:
         """Logits of ``x`` at ``config`` (one width, one per layer, or one per sample and layer)."""

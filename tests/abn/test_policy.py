@@ -17,6 +17,8 @@ from abn.policy import (
     WidthPolicy,
     check_budgets,
     decision_layers_for,
+    escalation_costs,
+    escalations_for,
     pooled_features,
     rollout,
     uniform_fallback,
@@ -38,11 +40,14 @@ def table(net: Supernet) -> CostTable:
     return cost_table(net)
 
 
-def random_policy(table: CostTable, seed: int, granularity: str = "layer") -> WidthPolicy:
+def random_policy(
+    table: CostTable, seed: int, granularity: str = "layer", escalate: bool = False
+) -> WidthPolicy:
     """A policy whose choices depend on the image and the budget (a fresh one's head is zero,
-    so it would always pick the same widths)."""
+    so it would always pick the same widths); with ``escalate``, it has the last decision."""
     torch.manual_seed(seed)
-    policy = WidthPolicy(PolicySpec.for_table(table, granularity=granularity)).eval()
+    spec = PolicySpec.for_table(table, granularity=granularity, num_classes=10 if escalate else 0)
+    policy = WidthPolicy(spec).eval()
     with torch.no_grad():
         for p in policy.parameters():
             p.normal_(0.0, 1.0)
@@ -54,11 +59,20 @@ def run(net: Supernet, table: CostTable, x: torch.Tensor, budgets: torch.Tensor,
         return rollout(net, table, x, budgets, policy, **kw)
 
 
-def check_rollout(result, table: CostTable, n: int) -> None:
+def check_rollout(result, table: CostTable, n: int, policy=None) -> None:
+    """Shapes, widths from the candidates, and BitOps spent = what ran: the answering widths,
+    or, after a re-run, the first pass plus the re-run's layers."""
     assert result.widths.shape == (n, len(table.layer_macs))
     assert bool(torch.isin(result.widths, torch.tensor(BITS)).all())
-    assert torch.equal(result.bitops, table.batch_cost(result.widths))  # spent = real cost
     assert result.logits.shape == (n, 10)
+    if result.escalation is None:
+        assert torch.equal(result.bitops, table.batch_cost(result.widths))
+        return
+    extra = escalation_costs(table, policy.spec.escalations, torch.device("cpu"))
+    expected = table.batch_cost(result.first_pass) + extra[result.escalation]
+    assert torch.allclose(result.bitops, expected, rtol=1e-12)
+    stopped = result.escalation == 0
+    assert torch.equal(result.widths[stopped], result.first_pass[stopped])
 
 
 @settings(max_examples=30, deadline=None)
@@ -67,6 +81,7 @@ def check_rollout(result, table: CostTable, n: int) -> None:
     fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
     sample=st.booleans(),
     granularity=st.sampled_from(GRANULARITIES),
+    escalate=st.booleans(),
 )
 def test_rollout_never_exceeds_the_budget(
     net: Supernet,
@@ -75,15 +90,16 @@ def test_rollout_never_exceeds_the_budget(
     fractions: list[float],
     sample: bool,
     granularity: str,
+    escalate: bool,
 ) -> None:
     low, high = table.min_bitops, 2 * table.max_bitops
     budgets = torch.tensor([low + f * (high - low) for f in fractions], dtype=torch.float64)
     budgets = budgets.clamp(low, high)
-    policy = random_policy(table, seed, granularity)
+    policy = random_policy(table, seed, granularity, escalate)
     x = torch.randn(len(fractions), 1, 28, 28, generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator().manual_seed(seed)
     result = run(net, table, x, budgets, policy, sample=sample, generator=gen)
-    check_rollout(result, table, len(fractions))
+    check_rollout(result, table, len(fractions), policy)
     assert bool((result.bitops <= budgets).all()), (result.bitops, budgets)
     if sample:
         assert result.log_prob.shape == (len(fractions),)
@@ -99,17 +115,20 @@ def test_budget_at_the_minimum_runs_everything_at_the_narrowest_width(
     assert bool((result.bitops == budgets).all())
 
 
-@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize(
+    ("granularity", "escalate"), [*((g, False) for g in GRANULARITIES), ("block", True)]
+)
 def test_batched_widths_equal_one_image_at_a_time(
-    net: Supernet, table: CostTable, granularity: str
+    net: Supernet, table: CostTable, granularity: str, escalate: bool
 ) -> None:
     # in float64: in float32 the convolution of a batch and of one image round differently
     # (batch-size-dependent kernels), and a 1-bit activation quantizer turns a 1e-7 difference
     # at its threshold into a different level
     net = copy.deepcopy(net).double()
-    policy = random_policy(table, 4, granularity).double()
-    float64_forward = policy.forward
+    policy = random_policy(table, 4, granularity, escalate).double()
+    float64_forward, float64_last = policy.forward, policy.escalation_scores
     policy.forward = lambda i, features, state: float64_forward(i, features, state.double())
+    policy.escalation_scores = lambda logits, state: float64_last(logits, state.double())
     gen = torch.Generator().manual_seed(2)
     n = 8
     x = torch.randn(n, 1, 28, 28, generator=gen, dtype=torch.float64)
@@ -121,6 +140,56 @@ def test_batched_widths_equal_one_image_at_a_time(
     assert torch.equal(batched.widths, torch.cat([r.widths for r in alone]))
     assert torch.allclose(batched.logits, torch.cat([r.logits for r in alone]), atol=1e-5)
     assert len({tuple(w) for w in batched.widths.tolist()}) > 1  # the choices do vary
+    if escalate:
+        assert torch.equal(batched.escalation, torch.cat([r.escalation for r in alone]))
+
+
+def test_a_rerun_answers_as_the_static_configuration_it_amounts_to(
+    net: Supernet, table: CostTable
+) -> None:
+    """Re-running from a block boundary reuses the first pass up to there, so the answer is
+    exactly the static configuration first-pass prefix + re-run widths, and it is paid on top."""
+    policy = random_policy(table, 6, "block", escalate=True)
+    with torch.no_grad():  # make every option but "stop" equally likely, so re-runs happen
+        policy.escalation[-1].weight.zero_()
+        policy.escalation[-1].bias.copy_(torch.tensor([-1e9] + [0.0] * len(escalations_for(table))))
+    gen = torch.Generator().manual_seed(6)
+    n = 12
+    x = torch.randn(n, 1, 28, 28, generator=gen)
+    budgets = torch.full((n,), 2 * table.max_bitops, dtype=torch.float64)
+    result = run(net, table, x, budgets, policy, sample=True, generator=gen)
+    check_rollout(result, table, n, policy)
+    assert bool((result.escalation > 0).all())
+    assert len({int(o) for o in result.escalation}) > 1
+    with torch.no_grad():
+        static = net(x, result.widths)
+    assert torch.allclose(result.logits, static, atol=1e-5)
+
+
+def test_the_last_decision_is_masked_by_what_is_left_and_never_reruns_pinned_rows(
+    net: Supernet, table: CostTable
+) -> None:
+    policy = random_policy(table, 7, "block", escalate=True)
+    with torch.no_grad():  # a policy that always wants the dearest re-run
+        policy.escalation[-1].weight.zero_()
+        bias = torch.full((1 + len(policy.spec.escalations),), -5.0)
+        bias[1] = 5.0  # (block 0, the second width): the whole network again
+        policy.escalation[-1].bias.copy_(bias)
+    n, layers = 4, len(table.layer_macs)
+    cheapest = table.min_bitops
+    rerun_cost = float(escalation_costs(table, policy.spec.escalations, torch.device("cpu"))[1])
+    budgets = torch.tensor(
+        [cheapest, cheapest + rerun_cost - 1, 3 * table.max_bitops, 3 * table.max_bitops],
+        dtype=torch.float64,
+    )
+    pinned = torch.zeros(n, layers, dtype=torch.long)
+    pinned[3] = min(BITS)
+    result = run(net, table, torch.randn(n, 1, 28, 28), budgets, policy, pinned=pinned)
+    assert bool((result.bitops[:3] <= budgets[:3]).all())
+    assert result.escalation.tolist()[0] == 0  # nothing left after the cheapest pass
+    assert result.escalation.tolist()[2] == 1  # room for it: taken
+    assert result.escalation.tolist()[3] == 0  # pinned: run as given, once
+    assert torch.equal(result.widths[3], pinned[3])
 
 
 def test_pinned_rows_are_honoured(net: Supernet, table: CostTable) -> None:
@@ -189,8 +258,9 @@ def test_budget_below_the_minimum_is_refused_stating_the_range(table: CostTable)
     check_budgets(table, torch.tensor([low, high, 10 * high], dtype=torch.float64))
 
 
-def test_policy_costs_under_one_percent_of_the_network(table: CostTable) -> None:
-    policy = WidthPolicy(PolicySpec.for_table(table))
+@pytest.mark.parametrize("escalate", [False, True])
+def test_policy_costs_under_one_percent_of_the_network(table: CostTable, escalate: bool) -> None:
+    policy = WidthPolicy(PolicySpec.for_table(table, num_classes=10 if escalate else 0))
     assert 0 < policy.flops_per_image(table) < 0.01 * table.total_macs
 
 
@@ -240,3 +310,9 @@ def test_a_spec_saved_before_granularity_existed_decides_at_every_layer(
     assert spec.decisions() == tuple(range(len(table.layer_macs)))
     block = PolicySpec.for_table(table, granularity="block")
     assert PolicySpec.from_dict(block.to_dict()) == block
+    assert spec.escalations == () and WidthPolicy(spec).escalation is None
+    with_last = PolicySpec.for_table(table, granularity="block", num_classes=10)
+    assert PolicySpec.from_dict(with_last.to_dict()) == with_last
+    assert with_last.escalations == escalations_for(table)
+    # resnet8_fmnist has three blocks; each may be re-run at every width above the cheapest
+    assert escalations_for(table) == tuple((k, b) for k in range(3) for b in BITS[1:])
