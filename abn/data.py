@@ -11,7 +11,7 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from abn.errors import DatasetNotFoundError
 from abn.preprocess import InputSpec, pil_to_uint8
@@ -125,27 +126,67 @@ def load_fashion_mnist(split: str, root: str | Path | None = None) -> ImageSet:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-def load_image_folder(root: str | Path, input_spec: InputSpec) -> ImageSet:
-    """Images under ``root/<class name>/``, one folder per class (sorted names are the labels),
-    decoded and converted exactly as the service converts an upload."""
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of an image folder: its sub-folders, sorted (the order is the labels)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if not classes:
         raise DatasetNotFoundError(f"{root} has no class sub-folders (expected root/<class>/*.png)")
-    images, labels = [], []
+    return classes
+
+
+def image_files(root: str | Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    """Every image under ``root/<class>/`` with its label (the class's index in ``classes``);
+    a class folder that ``root`` lacks contributes nothing."""
+    root = Path(root)
+    files = []
     for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as im:
-                    images.append(pil_to_uint8(im, input_spec))
-                labels.append(label)
-    if not images:
+        folder = root / name
+        if folder.is_dir():
+            files += [
+                (path, label)
+                for path in sorted(folder.iterdir())
+                if path.suffix.lower() in IMAGE_SUFFIXES
+            ]
+    if not files:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+    return files
+
+
+def is_colour(path: Path) -> bool:
+    """Whether an image file is stored in colour, from its header alone (no decoding): a
+    palette counts as colour unless every entry is grey."""
+    with Image.open(path) as im:
+        if im.mode in _GRAYSCALE_MODES:
+            return False
+        if im.mode in ("P", "PA"):
+            palette = im.getpalette() or []
+            return any(len(set(palette[i : i + 3])) > 1 for i in range(0, len(palette), 3))
+        return True
+
+
+def load_images(
+    files: Sequence[tuple[Path, int]], classes: Sequence[str], input_spec: InputSpec
+) -> ImageSet:
+    """Decode ``files`` and convert them exactly as the service converts an upload."""
+    images = []
+    for path, _ in tqdm(files, desc="reading images", mininterval=2.0, disable=len(files) < 2000):
+        with Image.open(path) as im:
+            images.append(pil_to_uint8(im, input_spec))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return ImageSet(torch.stack(images), labels, tuple(classes))
+
+
+def load_image_folder(root: str | Path, input_spec: InputSpec) -> ImageSet:
+    """Images under ``root/<class name>/``, one folder per class (sorted names are the labels),
+    decoded and converted exactly as the service converts an upload."""
+    classes = folder_classes(root)
+    return load_images(image_files(root, classes), classes, input_spec)
 
 
 def random_crop_flip(

@@ -65,3 +65,16 @@ class UncalibratedBatchNormError(ABNError, RuntimeError):
         )
         self.layer = layer
         self.pairs = pairs
+
+
+class ConfigError(ABNError, ValueError):
+    """A training or evaluation option, or a combination of them, that cannot work."""
+
+
+class DataSourceError(ABNError, ValueError):
+    """Data that does not fit the model or the architecture (classes, channels, size), or an
+    image folder that cannot be split as asked."""
+
+
+class CheckpointMismatchError(ABNError, ValueError):
+    """``--resume`` found a checkpoint written for another network."""

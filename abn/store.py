@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,11 +30,21 @@ from abn.policy import PolicySpec, WidthPolicy
 from abn.preprocess import InputSpec
 from abn.supernet import ResNetSpec, Supernet
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
+
+def _default_model_dir() -> Path:
+    """The shipped model: beside the package in a source checkout (an editable install too),
+    else ``model_store/fmnist-abn`` under the working directory; a wheel carries no model, so
+    an installed package run elsewhere is told to name one (``--model DIR``)."""
+    beside = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-abn"
+    return beside if beside.is_dir() else Path("model_store") / "fmnist-abn"
+
+
+DEFAULT_MODEL_DIR = _default_model_dir()
 MANIFEST = "manifest.json"
 SUPERNET_FILE = "supernet.safetensors"
 POLICY_FILE = "policy.safetensors"
 FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 def sha256_of(path: Path) -> str:
@@ -56,6 +67,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def state_to_safetensors(module: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path))
+    os.chmod(path, 0o644)  # safetensors writes 0600; a container's non-root user must read it
 
 
 @dataclass
@@ -122,6 +134,11 @@ def open_model_dir(path: str | Path) -> ModelDirectory:
     """Read the manifest and verify the sha256 of every file it lists; raise naming the file."""
     path = Path(path)
     manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ModelIntegrityError(
+            f"model directory {path} does not exist; pass --model DIR (or set ABN_MODEL_DIR) "
+            f"to name a directory holding {MANIFEST} and {SUPERNET_FILE}"
+        )
     if not manifest_path.is_file():
         raise ModelIntegrityError(f"{manifest_path} is missing: {path} is not a model directory")
     try:
@@ -160,16 +177,28 @@ class ModelCard:
     input_spec: InputSpec
     training: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] = field(default_factory=lambda: {"static": [], "adaptive": []})
+    data: dict[str, Any] | None = None  # where the images came from (abn.datasource)
 
 
 def save_model_dir(path: str | Path, net: Supernet, card: ModelCard) -> ModelDirectory:
-    """Write the supernet and a fresh manifest (keeping a policy already in the directory)."""
+    """Write the supernet and a fresh manifest. A policy already in the directory is kept only
+    when the supernet is unchanged: a policy learnt on other weights (or classes) is dropped."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state_to_safetensors(net, path / SUPERNET_FILE)
     old = {}
     if (path / MANIFEST).is_file():
         old = json.loads((path / MANIFEST).read_text())
+    state_to_safetensors(net, path / SUPERNET_FILE)
+    old_sha = old.get("files", {}).get(SUPERNET_FILE, {}).get("sha256")
+    if "policy" in old and old_sha != sha256_of(path / SUPERNET_FILE):
+        del old["policy"]
+        (path / POLICY_FILE).unlink(missing_ok=True)
+        logger.warning(
+            "%s: the supernet changed, so its old policy no longer fits and was removed; "
+            "train a new one with: abn train policy --model %s",
+            path,
+            path,
+        )
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": card.name,
@@ -182,6 +211,8 @@ def save_model_dir(path: str | Path, net: Supernet, card: ModelCard) -> ModelDir
         "training": card.training,
         "accuracy": card.accuracy,
     }
+    if card.data:
+        manifest["data"] = card.data
     if "policy" in old and (path / POLICY_FILE).is_file():
         manifest["policy"] = old["policy"]
     return _rehash(path, manifest)

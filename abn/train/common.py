@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from abn.errors import CheckpointMismatchError, ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -37,7 +39,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} asked for but CUDA is not available here")
+        raise ConfigError(f"device {requested!r} asked for but CUDA is not available here")
     return torch.device(requested)
 
 
@@ -113,14 +115,35 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     tensors = load_file(str(path), device=str(device))
-    model.load_state_dict(
-        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    )
     meta = json.loads((directory / "last.json").read_text())
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_checkpoint_fits(directory, model, state, meta)
+    model.load_state_dict(state)
     if optimizer is not None:
         opt = {k: v for k, v in tensors.items() if k.startswith("optim.")}
         optimizer.load_state_dict(_join_optimizer_state(opt, meta["optimizer"]))
     return meta
+
+
+def check_checkpoint_fits(
+    directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor], meta: dict
+) -> None:
+    """Refuse, in one line, a checkpoint written for another network (architecture, classes,
+    widths or input), before ``load_state_dict`` lists every mismatched tensor."""
+    expected = model.state_dict()
+    differ = [
+        k for k, v in expected.items() if k not in state or tuple(state[k].shape) != v.shape
+    ] + [k for k in state if k not in expected]
+    if differ:
+        config = meta.get("config", {})
+        was = ", ".join(
+            f"{key} {config[key]}" for key in ("arch", "model", "bit_candidates") if key in config
+        )
+        raise CheckpointMismatchError(
+            f"the checkpoint in {directory} was written for another network ({was or 'unknown'}"
+            f"; {len(differ)} tensors differ, e.g. {differ[0]}); drop --resume to start "
+            f"afresh, or pass --checkpoints DIR to keep the old run"
+        )
 
 
 def has_checkpoint(directory: Path) -> bool:

@@ -35,15 +35,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from abn.calibrate import calibrate_batch_norm
-from abn.data import (
-    FASHION_MNIST_INPUT,
-    ImageSet,
-    iterate_batches,
-    load_fashion_mnist,
-    load_image_folder,
-    random_crop_flip,
+from abn.data import VALIDATION_SEED, ImageSet, iterate_batches, random_crop_flip
+from abn.datasource import (
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    DataSource,
+    TrainingData,
+    load_for_training,
 )
+from abn.errors import ConfigError
 from abn.evaluate import static_accuracy
+from abn.geometry import check_input_geometry
 from abn.preprocess import InputSpec, normalize
 from abn.quant import FULL_PRECISION
 from abn.store import ModelCard, open_model_dir, save_model_dir
@@ -61,13 +63,18 @@ from abn.train.warm_start import warm_start
 
 @dataclass
 class SupernetTrainConfig:
-    out: str = "model_store/fmnist-abn"
+    out: str | None = None  # default: a new directory runs/<name>-<UTC time>
     name: str = "fmnist-abn"
     version: str = "1.0.0"
     arch: str = "resnet8_fmnist"
+    channels: int | None = None  # input channels (1 or 3); default: the architecture's
+    input_size: int | None = None  # input height = width in pixels; default: the architecture's
     bit_candidates: list[int] = field(default_factory=lambda: list(DEFAULT_BIT_CANDIDATES))
     data_dir: str | None = None  # Fashion-MNIST IDX directory (default: Debian's)
-    image_folder: str | None = None  # root/<class>/*.png instead of Fashion-MNIST
+    image_folder: str | None = None  # root/<class>/*.jpg (or root/train|val|test/<class>/)
+    val_fraction: float = DEFAULT_VAL_FRACTION  # of an image folder, per class
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    split_seed: int = VALIDATION_SEED
     epochs: int = 10
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # sgd | adamw
@@ -101,28 +108,47 @@ class SupernetTrainConfig:
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoints or f"runs/{self.name}")
 
+    def input_geometry(self) -> tuple[int, int]:
+        """(channels, size) the network takes: the architecture's unless overridden."""
+        spec = architecture(self.arch)
+        return self.channels or spec.in_channels, self.input_size or spec.input_size
 
-def load_training_data(cfg: SupernetTrainConfig) -> tuple[ImageSet, ImageSet, InputSpec]:
-    if cfg.image_folder:
-        spec = architecture(cfg.arch)
-        input_spec = InputSpec(
-            spec.in_channels,
-            spec.input_size,
-            spec.input_size,
-            (0.5,) * spec.in_channels,
-            (0.25,) * spec.in_channels,
-        )
-        full = load_image_folder(cfg.image_folder, input_spec)
-        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(20201))
-        n_val = max(1, len(full) // 10)
-        return full.subset(order[n_val:]), full.subset(order[:n_val]), input_spec
-    train = load_fashion_mnist("train", cfg.data_dir)
-    val = load_fashion_mnist("val", cfg.data_dir)
-    return train, val, FASHION_MNIST_INPUT
+
+def load_training_data(cfg: SupernetTrainConfig) -> TrainingData:
+    """Train and val splits of the configured source, checked against the architecture."""
+    source = DataSource.from_flags(
+        cfg.data_dir,
+        cfg.image_folder,
+        split_seed=cfg.split_seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        grayscale=cfg.channels == 1,
+    )
+    channels, size = cfg.input_geometry()
+    check_input_geometry(architecture(cfg.arch), channels, size)
+    return load_for_training(source, channels, size, cfg.arch)
+
+
+def default_out(name: str) -> Path:
+    """A new directory under runs/ (never the shipped model): runs/<name>-<UTC time>[-n]."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path("runs") / f"{name}-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = Path("runs") / f"{name}-{stamp}-{n}"
+    return out
 
 
 def model_spec(cfg: SupernetTrainConfig, num_classes: int) -> ResNetSpec:
-    spec = architecture(cfg.arch, num_classes=num_classes, bit_candidates=list(cfg.bit_candidates))
+    channels, size = cfg.input_geometry()
+    spec = architecture(
+        cfg.arch,
+        num_classes=num_classes,
+        bit_candidates=list(cfg.bit_candidates),
+        in_channels=channels,
+        input_size=size,
+    )
     if cfg.fp32:
         return spec.replace(bit_candidates=[FULL_PRECISION], fixed_bits=FULL_PRECISION)
     return spec.replace(batch_norm=cfg.batch_norm, switchable_clipping=not cfg.shared_clipping)
@@ -191,7 +217,7 @@ def make_optimizer(net: Supernet, cfg: SupernetTrainConfig) -> torch.optim.Optim
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -245,7 +271,8 @@ def train_supernet(cfg: SupernetTrainConfig) -> Path:
 
 def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
     torch.manual_seed(cfg.seed)
-    train, val, input_spec = load_training_data(cfg)
+    data = load_training_data(cfg)
+    train, val, input_spec = data.splits["train"], data.splits["val"], data.input_spec
     net = Supernet(model_spec(cfg, len(train.classes))).to(ctx.device)
     optimizer = make_optimizer(net, cfg)
     per_rank = len(train) // ctx.world_size
@@ -345,7 +372,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
         path = cfg.checkpoint_dir / f"rank{ctx.rank}.params.sha256"
         path.write_text(param_digest(net) + "\n")
 
-    out = Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.name)
     if ctx.is_main:
         training = {
             "stage1": {
@@ -363,7 +390,8 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
             classes=list(train.classes),
             input_spec=input_spec,
             training=training,
+            data=data.record,
         )
         save_model_dir(out, net.cpu().eval(), card)
-        print(f"saved model directory {out}", flush=True)
+        print(f"saved model directory {out}; next: abn train policy --model {out}", flush=True)
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from abn.errors import ConfigError
 from abn.layers import SwitchableConvBN
 from abn.quant import FULL_PRECISION, initial_weight_step
 from abn.supernet import Supernet
@@ -71,11 +72,12 @@ def _transfer_layer(source: SwitchableConvBN, target: SwitchableConvBN) -> None:
 def warm_start(source: Supernet, target: Supernet) -> None:
     """Copy what ``source`` knows into ``target`` (see the module docstring).
 
-    Raises ``ValueError`` when the two networks' layers do not have the same shapes: a warm
-    start across architectures would be a silent re-initialisation.
+    Raises :class:`~abn.errors.ConfigError` (a ``ValueError``) when the two networks' layers
+    do not have the same shapes: a warm start across architectures would be a silent
+    re-initialisation.
     """
     if _shapes(source) != _shapes(target) or source.spec.num_classes != target.spec.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"cannot start {target.spec.name} from {source.spec.name}: the layer shapes or the "
             f"number of classes differ; --init-from needs the same architecture"
         )

@@ -19,6 +19,7 @@ import abn.data
 import abn.train.supernet as stage1
 from abn.calibrate import check_calibrated
 from abn.data import FASHION_MNIST_INPUT, ImageSet, iterate_batches, load_fashion_mnist
+from abn.errors import ConfigError, DataSourceError
 from abn.preprocess import normalize
 from abn.quant import FULL_PRECISION, initial_weight_step
 from abn.store import SUPERNET_FILE, open_model_dir
@@ -121,10 +122,11 @@ def test_init_from_starts_from_that_model_and_refuses_another_architecture(
     fresh = dict(initial_net(config(tmp_path, tiny_fmnist_dir, "x")).named_parameters())
     assert not all(torch.equal(a[k], fresh[k]) for k in a)  # and not from a fresh init
 
-    with pytest.raises(ValueError, match="architecture"):
-        train_supernet(
-            config(tmp_path, tiny_fmnist_dir, "other", init_from=str(first), arch="resnet20_cifar")
-        )
+    with pytest.raises(ConfigError, match="architecture"):  # on Fashion-MNIST's 1x28x28
+        other = {"arch": "resnet20_cifar", "channels": 1, "input_size": 28}
+        train_supernet(config(tmp_path, tiny_fmnist_dir, "other", init_from=str(first), **other))
+    with pytest.raises(DataSourceError, match="Fashion-MNIST is 1x28x28"):
+        train_supernet(config(tmp_path, tiny_fmnist_dir, "rgb", arch="resnet20_cifar"))
 
 
 class Crash(Exception):
