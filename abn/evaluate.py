@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from abn.baselines import BaselineSuite, compare_with_baselines
 from abn.bitops import CostTable, cost_table
-from abn.data import ImageSet, iterate_batches, load_fashion_mnist
+from abn.data import ImageSet, iterate_batches
+from abn.datasource import load_for_model
+from abn.latency import latency_markdown, measure_latency
 from abn.policy import WidthPolicy, rollout
 from abn.preprocess import InputSpec, normalize
 from abn.store import open_model_dir, update_manifest
@@ -366,6 +368,7 @@ def markdown_report(report: dict) -> str:
             f"**{_pct(s['worst_gap_vs_static_within_budget'])} pt**.",
         ]
     lines += versus_markdown(report.get("versus_baselines", []))
+    lines += latency_markdown(report.get("latency"))
     lines += ["", "![accuracy vs BitOps](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -407,24 +410,27 @@ def versus_markdown(rows: list[dict]) -> list[str]:
 class EvaluateOptions:
     model: Path
     out: Path | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None  # Fashion-MNIST instead of the model's recorded data
+    image_folder: str | None = None  # an image folder instead of the model's recorded data
     random_configs: int = 100
     budgets: int = 10
     search: bool = True
     search_images: int = 2000  # validation images scored per candidate in the search
     update_manifest: bool = True
     device: str = "cpu"
+    latency: bool = True  # time every uniform width on opts.device (abn.latency)
+    latency_batch_size: int = 32
 
 
 def evaluate_model(opts: EvaluateOptions) -> dict:
     """Every table of the report (see the module docstring), written to ``opts.out``."""
     md = open_model_dir(opts.model)
+    data = load_for_model(md, ["val", "test"], opts.data_dir, opts.image_folder)
+    val, test = data["val"], data["test"]
     net = md.load_supernet(opts.device).fold_for_inference()
     policy = md.load_policy(opts.device)
     table = cost_table(net)
     spec = md.input_spec
-    test = load_fashion_mnist("test", opts.data_dir)
-    val = load_fashion_mnist("val", opts.data_dir)
     suite = BaselineSuite(net, table, val, test, spec)
     report: dict = {
         "model": {"name": md.manifest["name"], "version": md.manifest["version"]},
@@ -437,6 +443,8 @@ def evaluate_model(opts: EvaluateOptions) -> dict:
         static_row(suite, net.uniform(b)) for b in tqdm(net.bit_candidates, desc="uniform widths")
     ]
     report["uniform_ordering"] = uniform_ordering(report["static_uniform"])
+    if opts.latency:
+        report["latency"] = measure_latency(net, table, spec, opts.latency_batch_size)
     if opts.random_configs:
         report["random_configs"] = random_configs(net, table, test, spec, report, opts)
     static_all = list(report["static_uniform"])
@@ -453,7 +461,9 @@ def evaluate_model(opts: EvaluateOptions) -> dict:
         add_adaptive(report, suite, policy, static_all, opts)
     write_report(report, opts.out or (md.path / "evaluation"))
     if opts.update_manifest:
-        update_manifest(md.path, accuracy=manifest_tables(report, static_all, len(test)))
+        tables = manifest_tables(report, static_all, len(test))
+        extra = {"latency": report["latency"]} if opts.latency else {}
+        update_manifest(md.path, accuracy=tables, **extra)
     return report
 
 

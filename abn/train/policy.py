@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from abn.bitops import CostTable, cost_table
-from abn.data import load_fashion_mnist
+from abn.datasource import load_for_model
 from abn.policy import PolicySpec, WidthPolicy, rollout
 from abn.preprocess import normalize
 from abn.store import open_model_dir, save_policy
@@ -32,8 +32,9 @@ from abn.train.common import has_checkpoint, load_checkpoint, resolve_device, sa
 
 @dataclass
 class PolicyTrainConfig:
-    model: str = "model_store/fmnist-abn"
-    data_dir: str | None = None
+    model: str  # the model directory (stage 1's --out); its policy is written there
+    data_dir: str | None = None  # Fashion-MNIST instead of the model's recorded data
+    image_folder: str | None = None  # an image folder instead of the model's recorded data
     steps: int = 800
     batch_size: int = 128  # images per step; each is rolled out samples_per_image times
     samples_per_image: int = 4
@@ -77,6 +78,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     md = open_model_dir(cfg.model)
+    train = load_for_model(md, ["train"], cfg.data_dir, cfg.image_folder)["train"]
     net = md.load_supernet(device)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -91,7 +93,6 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
         start, history = meta["step"], meta["history"]
         print(f"resumed policy training from {ckpt_dir} at step {start}", flush=True)
 
-    train = load_fashion_mnist("train", cfg.data_dir)
     k = cfg.samples_per_image
     bar = tqdm(total=cfg.steps, initial=start, desc="policy", mininterval=2.0, dynamic_ncols=True)
     started = time.time()
