@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Debian machine with Python 3.11:
-#   make serve   serve the shipped model on http://localhost:8000
-#   make test    lint, format check and the whole test suite
+#   make serve   serve the shipped model on http://localhost:8000 (installs what serving needs)
+#   make test    lint, format check and the whole test suite (adds the test and lint tools)
+#   make wheel   build dist/abn_serve-*.whl (pip install dist/*.whl; abn serve --model DIR)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,14 +11,22 @@ APT_PACKAGES := dataset-fashion-mnist
 # deployment files with them and runs a real Prometheus against a real server.
 TEST_APT_PACKAGES := prometheus docker-compose
 
-.PHONY: serve test lint format venv system-deps test-deps dashboards bench clean
+.PHONY: serve test lint format venv dev-venv system-deps test-deps dashboards bench wheel clean
 
+# the package and what serving needs, nothing else (make serve)
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+# plus the test, lint and deployment tools (the dev extra) for make test, lint, format
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(PIP) -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed
+
+dev-venv: $(BIN)/.installed-dev
 
 system-deps:
 	scripts/apt-install.sh $(APT_PACKAGES)
@@ -34,24 +43,29 @@ bench: venv system-deps
 	$(BIN)/python -m loadtest.bench --model $(BENCH_MODEL) $(BENCH_ARGS)
 
 # Regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their script.
-dashboards: venv
+dashboards: dev-venv
 	$(BIN)/python deploy/grafana/generate_dashboards.py
 
-serve: venv system-deps
+serve: venv
 	$(BIN)/abn serve
 
-test: venv system-deps test-deps
+test: dev-venv system-deps test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
-lint: venv
+lint: dev-venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: venv
+format: dev-venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# A wheel of the package alone (no model inside: abn serve --model DIR names one, or run it
+# from a checkout, where model_store/fmnist-abn is found).
+wheel: venv
+	$(BIN)/pip wheel --no-deps --no-build-isolation --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build

@@ -150,6 +150,7 @@ class ServedModel:
                 "adaptive": self.accuracy.adaptive,
                 "baselines": self.accuracy.baselines,
             },
+            "latency": manifest.get("latency"),
             "architecture": str(manifest.get("architecture", {}).get("name", "")),
             "policy": self.policy_kind,
             "device": str(self.device),

@@ -121,6 +121,29 @@ class AccuracyTablesModel(BaseModel):
     )
 
 
+class LatencyRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    bit_widths: list[int]
+    bitops: float
+    batch_ms: float = Field(description="median time of one pinned batch")
+    batch_ms_p90: float
+    ms_per_image: float
+
+
+class LatencyTable(BaseModel):
+    """Measured by ``abn evaluate`` on its ``--device``: every uniform width's wall time."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device: str
+    device_name: str
+    batch_size: int
+    torch_threads: int
+    repeats: int
+    rows: list[LatencyRow]
+
+
 class ModelCard(BaseModel):
     """``GET /v1/model``."""
 
@@ -134,6 +157,12 @@ class ModelCard(BaseModel):
     max_bitops: float = Field(description="dearest configuration, per image")
     fixed_bitops: float = Field(description="stem + classifier, always 8 x 8 bits")
     accuracy: AccuracyTablesModel = Field(description="measured on the test set")
+    latency: LatencyTable | None = Field(
+        default=None,
+        description="time per uniform width where abn evaluate measured it: quantization is "
+        "simulated in float32, so on hardware without low-bit arithmetic every width costs the "
+        "same time and BitOps are an accounting unit",
+    )
     architecture: str
     policy: Literal["learned", "uniform_fallback"] = Field(
         description="learned: the trained width policy; uniform_fallback: the dearest uniform "
