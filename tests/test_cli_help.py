@@ -3,12 +3,14 @@ stray ``%`` in one (a budget such as ``25%``) only fails when a user asks for ``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 from collections.abc import Callable
 
 import pytest
 
+from commands.abn import build_parser
 from commands.abn import main as abn_main
 from loadtest.bench import main as bench_main
 from loadtest.cli import main as loadtest_main
@@ -37,3 +39,39 @@ def test_help_prints_usage_and_exits_zero(
         main([*prefix, "--help"])
     assert stop.value.code == 0
     assert "usage:" in out.getvalue()
+
+
+def _subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            parsers[name] = parser
+        for sub in subs:
+            for child, child_parser in sub.choices.items():
+                walk(child_parser, f"{name} {child}")
+
+    walk(build_parser(), "abn")
+    return parsers
+
+
+def test_every_option_of_every_subcommand_has_help_text() -> None:
+    parsers = _subcommand_parsers()
+    assert {"abn serve", "abn train supernet", "abn train policy", "abn evaluate"} <= set(parsers)
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, parser in parsers.items()
+        for action in parser._actions
+        if action.option_strings and not action.help
+    ]
+    assert missing == []
+
+
+def test_architectures_list_the_input_they_expect() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        abn_main(["train", "supernet", "--help"])
+    text = " ".join(out.getvalue().split())
+    assert "resnet8_fmnist (1x28x28 grayscale)" in text
+    assert "resnet20_cifar (3x32x32 RGB)" in text

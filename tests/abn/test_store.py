@@ -137,3 +137,27 @@ def test_shared_tiny_model_directory_opens(tiny_model_dir: Path) -> None:
     policy = opened.load_policy()
     assert net.num_switchable == len(policy.spec.feature_channels)
     assert len(opened.manifest["accuracy"]["static"]) == len(net.bit_candidates)
+
+
+def test_a_changed_supernet_drops_the_old_policy_and_files_are_readable_by_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    net = calibrate(build_supernet("resnet8_fmnist"))
+    save_model_dir(tmp_path, net, card())
+    policy = WidthPolicy(PolicySpec.for_table(cost_table(net)))
+    save_policy(tmp_path, policy, {"spec": policy.spec.to_dict()})
+    for name in (MANIFEST, SUPERNET_FILE, POLICY_FILE):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    with torch.no_grad():
+        net.classifier.weight.add_(1.0)  # another supernet: the policy learnt on the old one
+    save_model_dir(tmp_path, net, card())
+    opened = open_model_dir(tmp_path)
+    assert not opened.has_policy and "policy" not in opened.manifest
+    assert not (tmp_path / POLICY_FILE).exists()
+    assert "old policy no longer fits and was removed" in caplog.text
+
+
+def test_a_missing_model_directory_says_to_pass_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError, match="does not exist; pass --model DIR"):
+        open_model_dir(tmp_path / "nowhere")
