@@ -34,12 +34,16 @@ system-deps:
 test-deps:
 	scripts/apt-install.sh $(TEST_APT_PACKAGES)
 
-# The benchmark suite (loadtest/bench.py): writes docs/benchmarks.md (+ docs/benchmarks/), every
-# figure from one run, about 4 minutes on 2 cores. It starts and stops its own servers on free
-# ports. BENCH_MODEL picks the model directory; BENCH_ARGS adds options, e.g. --run-seconds 10.
+# The benchmark suite (loadtest/bench.py): the service against LitServe, a naive FastAPI server
+# and the lean floor, driven by wrk; writes docs/benchmarks.md (+ docs/benchmarks/), every figure
+# from one run, about 10 minutes on 2 cores. It makes the peers' own venv (.venv-peers, once) and
+# starts and stops its own servers on free ports. BENCH_MODEL picks the model directory;
+# BENCH_ARGS adds options, e.g. BENCH_ARGS="--rounds 1 --run-seconds 3" for a short run.
 BENCH_MODEL ?= model_store/fmnist-abn
 BENCH_ARGS ?=
+BENCH_APT_PACKAGES := wrk
 bench: venv system-deps
+	scripts/apt-install.sh $(BENCH_APT_PACKAGES)
 	$(BIN)/python -m loadtest.bench --model $(BENCH_MODEL) $(BENCH_ARGS)
 
 # Regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their script.

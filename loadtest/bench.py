@@ -1,53 +1,59 @@
-"""``make bench``: the benchmark suite behind ``docs/benchmarks.md``, every figure from one run.
+"""``make bench``: the service against its peers, side by side, every figure from one run.
 
-What it does, in order (about 4 minutes with the default 20-second runs on 2 cores):
+What it does (about 10 minutes with the defaults on 2 cores):
 
-1. offline batched throughput of the served network (:mod:`loadtest.offline`) on the adaptive
-   budget mix, at the server's batch size and at 256;
-2. starts ``abn serve`` (batching on, default settings) on a free port; a closed-loop sweep
-   over ``--concurrencies``: saturation = the best throughput; at concurrency 32 it also
-   gives "batching on" and the adaptive figure; then the same load pinned to the uniform
-   configuration whose cost is closest to what adaptive requests spent; then an open loop at
-   half the saturation rate for p50/p99; then the server's peak resident memory (VmHWM);
-3. starts a second server with ``ABN_MAX_BATCH_SIZE=1`` and runs concurrency 32 against it;
-4. offline throughput pinned to that uniform configuration (the policy's cost without HTTP);
-5. writes ``docs/benchmarks.md``, the raw reports as JSON and a latency plot next to it.
+1. makes (once) the peers' own environment, ``.venv-peers`` (:mod:`loadtest.peers.venv`);
+2. ``--rounds`` rounds; in each, one server at a time, in the same order: ``abn serve`` (its
+   defaults, on the CPU), then each peer (:mod:`loadtest.peers`: LitServe with its batching,
+   naive FastAPI, the lean floor). Alternating servers round by round cancels drift (another
+   job starting, the CPU's clock) out of the ratios. Against each: a short wrk warm-up, then
+   wrk (:mod:`loadtest.wrk`) at every ``--concurrencies`` level with every request pinned to
+   ``--bits`` in every layer, the same images in the same order. The service also gets the
+   budget mix (adaptive) and the same images pinned to the uniform width whose cost is
+   closest to what the adaptive requests spent, back to back at concurrency 32;
+3. in the first round, before wrk, the Python generator (:mod:`loadtest.runner`) sends the
+   budget mix to the service: it reads every answer, so it gives accuracy and BitOps per
+   budget, which wrk cannot (its throughput is not a figure: it costs ~0.7 ms of CPU a request);
+4. for every run: throughput and p50/p99 from wrk, the server's CPU per request and cores used
+   summed over its whole process tree from ``/proc``, the client's CPU per request from
+   ``wait4``; per server, the peak resident memory summed over its processes;
+5. writes ``docs/benchmarks.md`` (:mod:`loadtest.bench_page`), ``bench.json`` and the plot.
 
-The generator runs in this process, on the same machine as the server: on a small machine the
-two compete for cores, so each run reports the client's CPU share (a client near 100% of a
-core caps what the server can show). Speed is measured here, never asserted in tests.
+Speed is measured here, never asserted in tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
-import shlex
+import os
+import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import httpx
 
-from abn.errors import DatasetNotFoundError
-from abn.store import DEFAULT_MODEL_DIR
-from loadtest.machine import cpu_ms_per_request, machine_info
-from loadtest.offline import OfflineResult, measure, model_range
+from abn.errors import ABNError, DatasetNotFoundError
+from abn.store import DEFAULT_MODEL_DIR, open_model_dir
+from loadtest import bench_figures as bf
+from loadtest.bench_page import render
+from loadtest.machine import machine_info, usable_cores
+from loadtest.peers.registry import JSON_BASE64, PEERS, PNG, PeerServer, parse_peers
+from loadtest.peers.venv import PeerEnvironmentError, ensure_environment, missing_modules
 from loadtest.plots import plot_report
-from loadtest.report import build_report, runs_table, summarize_run
-from loadtest.runner import LoadConfig, RunResult, fetch_card, make_client, run_async, run_load
-from loadtest.server import ManagedServer
-from loadtest.workload import BudgetSpec, Images, ModelRange, Workload
-from service.model import ModelLoadError, ServedModel, resolve_device
+from loadtest.proctree import snapshot, tree_peak_rss_mib, usage_between
+from loadtest.report import build_report, summarize_run
+from loadtest.runner import LoadConfig, fetch_card, make_client, run_async, run_load
+from loadtest.server import ManagedServer, parse_settings
+from loadtest.workload import BudgetSpec, Images, ModelRange, Workload, budget_header
+from loadtest.wrk import run_wrk, write_request_set
 
-TARGETS = {
-    "service_vs_offline": (">=", 0.60),
-    "batching_on_vs_off": (">=", 4.0),
-    "adaptive_overhead": ("<=", 0.10),
-    "p99_over_p50_half_load": ("<=", 3.0),
-}
+CONCURRENCY_ADAPTIVE = 32  # where the adaptive and the pinned-nearest runs are compared
 
 
 @dataclass
@@ -55,27 +61,27 @@ class BenchConfig:
     model: Path
     data_dir: Path | None
     out: Path  # the Markdown page; raw JSON and the plot go to <out stem>/ next to it
-    run_seconds: float = 20.0
-    concurrencies: tuple[int, ...] = (8, 32, 128)
+    run_seconds: float = 10.0
+    warmup_seconds: float = 2.0
+    rounds: int = 2
+    concurrencies: tuple[int, ...] = (1, 32, 128)
     budgets: str = "min,25%,50%,75%,max"
-    batch_size: int = 32
+    bits: int = 4
     torch_threads: int = 1
-    device: str = "auto"
     seed: int = 0
-    large_batch: int = 256
-    log_dir: Path = field(default_factory=lambda: Path("/tmp/abn-bench-logs"))
+    peers: tuple[str, ...] = tuple(PEERS)
+    peers_venv: Path = Path(".venv-peers")
+    generator_concurrency: int = 8
+    requests: int = 1000  # distinct requests wrk cycles through
+    settings: dict[str, str] = field(default_factory=dict)  # the service's extra ABN_* settings
+    work_dir: Path = Path("/tmp/abn-bench")
 
     @property
     def artifacts(self) -> Path:
         return self.out.with_suffix("")
 
-    def server_settings(self, **extra: object) -> dict[str, object]:
-        return {
-            "device": self.device,
-            "torch_threads": self.torch_threads,
-            "max_batch_size": self.batch_size,
-            **extra,
-        }
+    def service_settings(self) -> dict[str, str]:
+        return {"ABN_DEVICE": "cpu", "ABN_TORCH_THREADS": str(self.torch_threads), **self.settings}
 
 
 def nearest_uniform(card: dict[str, Any], bitops: float) -> tuple[int, float]:
@@ -89,208 +95,199 @@ def nearest_uniform(card: dict[str, Any], bitops: float) -> tuple[int, float]:
     return best, costs[best]
 
 
-def verdict(name: str, value: float | None) -> str:
-    if value is None:
-        return "not measured"
-    op, target = TARGETS[name]
-    ok = value >= target if op == ">=" else value <= target
-    return "met" if ok else "**MISSED**"
-
-
 class Bench:
     """One run of the suite; ``results`` fills up as it goes and is what the page shows."""
 
     def __init__(self, cfg: BenchConfig) -> None:
-        cfg.device = self.device = str(resolve_device(cfg.device))  # servers get the same
         self.cfg = cfg
-        self.results: dict[str, Any] = {"config": _jsonable(asdict(cfg)), "device": self.device}
+        self.results: dict[str, Any] = {"config": _jsonable(asdict(cfg)), "runs": []}
         self.reports: dict[str, dict[str, Any]] = {}
+        self.listings: dict[str, Path] = {}
+        self.peak_rss: dict[str, float | None] = {}
+        self.peer_python: dict[str, Path] = {}
 
-    # -- commands that reproduce each figure on their own -----------------------------------
-    def cmd_offline(self, batch_size: int, widths: str | None = None) -> str:
-        c = self.cfg
-        args = ["python", "-m", "loadtest.offline", "--model", str(c.model), "--device"]
-        args += [self.device, "--batch-size", str(batch_size), "--seconds", f"{c.run_seconds:g}"]
-        args += ["--torch-threads", str(c.torch_threads), "--seed", str(c.seed)]
-        args += ["--budgets", "none" if widths else c.budgets]
-        if widths:
-            args += ["--widths", widths]
-        return shlex.join(args)
-
-    def cmd_serve(self, **extra: object) -> str:
-        env = " ".join(f"ABN_{k.upper()}={v}" for k, v in self.cfg.server_settings(**extra).items())
-        return f"{env} abn serve --model {shlex.quote(str(self.cfg.model))} --port 8000"
-
-    def cmd_load(self, *load: str, budgets: str | None = None, widths: str | None = None) -> str:
-        c = self.cfg
-        args = ["python", "-m", "loadtest", "--url", "http://127.0.0.1:8000", *load]
-        args += ["--duration", f"{c.run_seconds:g}", "--budgets", budgets or c.budgets]
-        args += ["--seed", str(c.seed)]
-        if widths:
-            args += ["--widths", widths]
-        return shlex.join(args)
-
-    # -- the steps ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.cfg
-        torch.set_num_threads(c.torch_threads)
-        self.results["machine"] = machine_info(self.device)
-        images = Images.fashion_mnist(c.data_dir)
-        model = ServedModel.load(c.model, self.device)
-        self.results["model"] = {"name": model.name, "version": model.version, "dir": str(c.model)}
-        mr = model_range(model)
-        workload = Workload(images, BudgetSpec.parse(c.budgets, mr), (None,), seed=c.seed)
-        offline_s = max(2.0, c.run_seconds / 2)
-        _say("offline, batch", c.batch_size)
-        off = measure(model, workload, batch_size=c.batch_size, seconds=offline_s)
-        _say("offline, batch", c.large_batch)
-        off_large = measure(model, workload, batch_size=c.large_batch, seconds=offline_s)
-        self.results["offline"] = {"batch": asdict(off), "large_batch": asdict(off_large)}
-
-        self._served(images)
-        self._unbatched(images)
-
-        bits = self.results["pinned"]["bits"]
-        pinned_load = Workload(images, BudgetSpec.parse("none", mr), (str(bits),), seed=c.seed)
-        _say("offline pinned to", bits)
-        off_pinned = measure(model, pinned_load, batch_size=c.batch_size, seconds=offline_s)
-        self.results["offline"]["pinned"] = asdict(off_pinned)
-        self._figures(off, off_pinned)
+        self.results["machine"] = machine_info("cpu")
+        self.images = Images.fashion_mnist(c.data_dir)
+        shutil.rmtree(c.work_dir, ignore_errors=True)
+        self._peer_environment()
+        for round_index in range(c.rounds):
+            self._service_round(round_index)
+            for name in c.peers:
+                if name in self.peer_python:
+                    self._peer_round(name, round_index)
+        self.results["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        means = bf.mean_runs(self.results["runs"])
+        self.results["means"] = [
+            {"server": s, "load": load, "connections": n, **m} for (s, load, n), m in means.items()
+        ]
+        self.results["peak_rss_mib"] = self.peak_rss
+        self.results["figures"] = bf.figures(means, self.peak_rss)
         return self.results
 
-    def _served(self, images: Images) -> None:
+    # -- the servers --------------------------------------------------------------------------
+    def _peer_environment(self) -> None:
+        """Where each peer runs; a peer that cannot run is recorded with the reason."""
         c = self.cfg
-        settings = c.server_settings()
-        with ManagedServer(c.model, c.log_dir / "batching-on.log", **settings) as server:
-            self.results["rss_after_ready_mib"] = server.rss_mib()
-            runs, card, pinned_bits = run_async(self._served_runs(server, images))
-            self.results["peak_rss_mib"] = server.peak_rss_mib()
-        self.results["pinned"] = pinned_bits
-        self.reports["batching_on"] = build_report(
-            runs["sweep"] + [runs["half"]],
-            url="abn serve (batching on)",
-            card=card,
-            workload={
-                "budgets": c.budgets,
-                "widths": ["adaptive"],
-                "seed": c.seed,
-                "images": len(images),
-            },
-        )
-        self.reports["pinned"] = build_report(
-            [runs["pinned"]],
-            url="abn serve (batching on)",
-            card=card,
-            workload={
-                "budgets": "none",
-                "widths": [str(pinned_bits["bits"])],
-                "seed": c.seed,
-                "images": len(images),
-            },
-        )
-        self.results["sweep"] = [summarize_run(r) for r in runs["sweep"]]
-        self.results["half_load"] = summarize_run(runs["half"])
-        self.results["pinned_run"] = summarize_run(runs["pinned"])
+        status: dict[str, str] = {}
+        self.results["peers"] = status
+        if not c.peers:
+            return
+        wanted = {m for name in c.peers for m in PEERS[name].imports}
+        try:
+            python = ensure_environment(c.peers_venv, wanted, c.work_dir / "peers-pip.log")
+        except PeerEnvironmentError as err:
+            _say(f"peers' environment: {err}")
+            python, status["environment error"] = Path(sys.executable), str(err).splitlines()[0]
+        for name in c.peers:
+            missing = missing_modules(python, PEERS[name].imports)
+            if missing:
+                status[name] = f"not measured: {python} cannot import {', '.join(missing)}"
+            else:
+                self.peer_python[name] = python
+                status[name] = f"measured, run by {python}"
 
-    async def _measured(
-        self, server: ManagedServer, name: str, client: Any, workload: Workload, cfg: LoadConfig
-    ) -> RunResult:
-        """One load run, with the server's CPU per answered request by thread kept as ``name``."""
-        before = server.thread_cpu_seconds()
-        result = await run_load(client, workload, cfg)
-        after = server.thread_cpu_seconds()
-        ok = summarize_run(result)["ok"]
-        self.results.setdefault("server_cpu_ms_per_request", {})[name] = cpu_ms_per_request(
-            server.pid, before, after, ok
-        )
-        return result
-
-    async def _served_runs(
-        self, server: ManagedServer, images: Images
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def _service_round(self, round_index: int) -> None:
         c = self.cfg
-        async with make_client(server.url, connections=max(256, *c.concurrencies)) as client:
-            card = await fetch_card(client)
-            mr_budgets = BudgetSpec.parse(c.budgets, _range(card))
-            adaptive = Workload(images, mr_budgets, (None,), seed=c.seed)
-            await self._warm_up(client, adaptive)
-            sweep: list[RunResult] = []
-            for conc in sorted(set(c.concurrencies) | {32}):
-                config = LoadConfig("closed", concurrency=conc, duration=c.run_seconds)
-                name = f"batching on, adaptive, concurrency {conc}"
-                sweep.append(await self._measured(server, name, client, adaptive, config))
-            at32 = next(r for r in sweep if r.config.concurrency == 32)
-            spent = summarize_run(at32)["bitops"]["mean_used"] or card["max_bitops"]
-            bits, cost = nearest_uniform(card, spent)
-            pinned = Workload(images, BudgetSpec.parse("none", _range(card)), (str(bits),), c.seed)
-            pinned_run = await self._measured(
-                server,
-                f"batching on, pinned {bits}-bit, concurrency 32",
-                client,
-                pinned,
-                LoadConfig("closed", concurrency=32, duration=c.run_seconds),
-            )
-            saturation = max(summarize_run(r)["throughput_rps"] for r in sweep)
-            half = LoadConfig("open", rate=saturation / 2, duration=c.run_seconds, seed=c.seed)
-            half_run = await self._measured(
-                server, "batching on, adaptive, half load", client, adaptive, half
-            )
-        runs = {"sweep": sweep, "pinned": pinned_run, "half": half_run}
-        return runs, card, {"bits": bits, "cost": cost, "adaptive_mean_bitops": spent}
+        _say(f"round {round_index + 1}: abn serve")
+        log = c.work_dir / f"service-{round_index}.log"
+        with ManagedServer(c.model, log, **c.service_settings()) as server:
+            card = httpx.get(server.url + "/v1/model", timeout=10).json()
+            if not self.listings:
+                self._write_request_sets(card)
+            self._wrk(server, "service", bf.PINNED, "pinned-png", c.warmup_seconds, 32)
+            if round_index == 0:
+                self._accuracy_run(server, card)
+            for conc in c.concurrencies:
+                self._measure(server, "service", bf.PINNED, "pinned-png", conc, round_index)
+            for requests in (bf.ADAPTIVE, bf.PINNED_NEAREST):
+                self._measure(
+                    server, "service", requests, requests, CONCURRENCY_ADAPTIVE, round_index
+                )
+            self._keep_peak("service", server)
 
-    async def _warm_up(self, client: Any, workload: Workload) -> None:
-        """Open the connections and fill the server's caches before anything is measured."""
-        config = LoadConfig("closed", concurrency=32, duration=min(2.0, self.cfg.run_seconds))
-        await run_load(client, workload, config, progress=False)
-
-    def _unbatched(self, images: Images) -> None:
+    def _peer_round(self, name: str, round_index: int) -> None:
         c = self.cfg
-        settings = c.server_settings(max_batch_size=1)
-        with ManagedServer(c.model, c.log_dir / "batching-off.log", **settings) as server:
-            result = run_async(self._one_closed(server, images, 32))
-            self.results["peak_rss_unbatched_mib"] = server.peak_rss_mib()
-        self.results["batching_off"] = summarize_run(result)
+        peer = PEERS[name]
+        _say(f"round {round_index + 1}: {name}")
+        server = PeerServer(
+            peer,
+            self.peer_python[name],
+            c.model,
+            c.work_dir / f"{name}-{round_index}.log",
+            bits=c.bits,
+            torch_threads=c.torch_threads,
+            workers=usable_cores(),
+        )
+        listing = "pinned-json" if peer.body == JSON_BASE64 else "pinned-png"
+        self.results.setdefault("commands", {})[name] = server.shell_command()
+        try:
+            with server:
+                self._wrk(server, name, bf.PINNED, listing, c.warmup_seconds, 32)
+                for conc in c.concurrencies:
+                    self._measure(server, name, bf.PINNED, listing, conc, round_index)
+                self._keep_peak(name, server)
+        except (RuntimeError, TimeoutError) as err:  # one peer failing leaves the others
+            _say(f"{name} failed: {err}")
+            reason = str(err).splitlines()[0]
+            self.results["peers"][name] = f"failed in round {round_index + 1}: {reason}"
+            del self.peer_python[name]
 
-    async def _one_closed(
-        self, server: ManagedServer, images: Images, concurrency: int
-    ) -> RunResult:
-        async with make_client(server.url, connections=max(256, concurrency)) as client:
-            card = await fetch_card(client)
-            workload = Workload(
-                images,
-                BudgetSpec.parse(self.cfg.budgets, _range(card)),
-                (None,),
-                seed=self.cfg.seed,
-            )
-            await self._warm_up(client, workload)
-            config = LoadConfig("closed", concurrency=concurrency, duration=self.cfg.run_seconds)
-            name = f"batching off, adaptive, concurrency {concurrency}"
-            return await self._measured(server, name, client, workload, config)
+    def _keep_peak(self, name: str, server: ManagedServer) -> None:
+        peak = tree_peak_rss_mib(server.pid)
+        if peak is not None:
+            self.peak_rss[name] = max(peak, self.peak_rss.get(name) or 0.0)
 
-    def _figures(self, off: OfflineResult, off_pinned: OfflineResult) -> None:
-        r = self.results
-        sweep = r["sweep"]
-        best = max(sweep, key=lambda s: s["throughput_rps"])
-        at32 = next(s for s in sweep if s["config"]["concurrency"] == 32)
-        pinned = r["pinned_run"]
-        half = r["half_load"]["latency_ms"]
-        r["figures"] = {
-            "service_vs_offline": _ratio(best["throughput_rps"], off.images_per_second),
-            "batching_on_vs_off": _ratio(
-                at32["throughput_rps"], r["batching_off"]["throughput_rps"]
-            ),
-            "adaptive_overhead": (
-                None
-                if not at32["throughput_rps"]
-                else pinned["throughput_rps"] / at32["throughput_rps"] - 1.0
-            ),
-            "p99_over_p50_half_load": _ratio(half["p99"], half["p50"]),
-            "offline_adaptive_overhead": off_pinned.images_per_second / off.images_per_second - 1,
+    # -- the load -----------------------------------------------------------------------------
+    def _wrk(
+        self,
+        server: ManagedServer,
+        name: str,
+        load: str,
+        listing: str,
+        seconds: float,
+        conc: int,
+    ) -> dict[str, Any]:
+        before = snapshot(server.pid, time.monotonic())
+        result = run_wrk(server.url + "/classify", self.listings[listing], conc, seconds)
+        usage = usage_between(before, snapshot(server.pid, time.monotonic()))
+        return {
+            "server": name,
+            "load": load,
+            **result.to_dict(),
+            "server_cpu_s": usage.cpu_seconds,
+            "server_cores": usage.cores,
+            "server_processes": usage.processes,
+            "server_cpu_ms_per_request": 1000 * usage.cpu_seconds / result.ok
+            if result.ok
+            else None,
         }
-        r["saturation"] = {
-            "throughput_rps": best["throughput_rps"],
-            "concurrency": best["config"]["concurrency"],
-        }
+
+    def _measure(
+        self, server: ManagedServer, name: str, load: str, listing: str, conc: int, rnd: int
+    ) -> None:
+        _say(f"  {name}, {load}, concurrency {conc}")
+        run = self._wrk(server, name, load, listing, self.cfg.run_seconds, conc)
+        self.results["runs"].append({**run, "round": rnd})
+
+    def _accuracy_run(self, server: ManagedServer, card: dict[str, Any]) -> None:
+        """The budget mix through the Python generator: accuracy and BitOps per budget, and the
+        mean BitOps that picks the pinned-nearest width."""
+        c = self.cfg
+        _say("  accuracy and BitOps per budget (Python generator)")
+        workload = self._workload(card)
+        config = LoadConfig("closed", concurrency=c.generator_concurrency, duration=c.run_seconds)
+
+        async def go() -> Any:
+            async with make_client(server.url, connections=c.generator_concurrency) as client:
+                await fetch_card(client)
+                return await run_load(client, workload, config, progress=False)
+
+        result = run_async(go())
+        spent = summarize_run(result)["bitops"]["mean_used"] or card["max_bitops"]
+        bits, cost = nearest_uniform(card, spent)
+        self.results["pinned_nearest"] = {"bits": bits, "cost": cost, "adaptive_mean_bitops": spent}
+        self.reports["accuracy"] = build_report(
+            [result],
+            url="abn serve",
+            card=card,
+            workload={"budgets": c.budgets, "widths": ["adaptive"], "seed": c.seed},
+        )
+        self.listings[bf.PINNED_NEAREST] = self._request_set(
+            bf.PINNED_NEAREST, card, PNG, pinned=str(bits)
+        )
+
+    # -- what is sent -------------------------------------------------------------------------
+    def _workload(self, card: dict[str, Any]) -> Workload:
+        budgets = BudgetSpec.parse(self.cfg.budgets, ModelRange.from_card(card))
+        return Workload(self.images, budgets, (None,), seed=self.cfg.seed)
+
+    def _write_request_sets(self, card: dict[str, Any]) -> None:
+        bits = str(self.cfg.bits)
+        self.listings["pinned-png"] = self._request_set("pinned-png", card, PNG, pinned=bits)
+        self.listings["pinned-json"] = self._request_set("pinned-json", card, JSON_BASE64, bits)
+        self.listings[bf.ADAPTIVE] = self._request_set(bf.ADAPTIVE, card, PNG, pinned=None)
+        # the pinned-nearest set is written once the adaptive requests' mean cost is known
+
+    def _request_set(self, name: str, card: dict[str, Any], body: str, pinned: str | None) -> Path:
+        """The first ``requests`` of the seeded workload: same images, same order for every
+        server; pinned ones carry ``X-Bit-Widths``, adaptive ones their budget."""
+        workload = self._workload(card)
+        items = []
+        for i in range(self.cfg.requests):
+            plan = workload.plan(i)
+            png = self.images.png(plan.image)
+            headers = {"Content-Type": "image/png"}
+            if pinned is not None:
+                headers["X-Bit-Widths"] = pinned
+            elif plan.budget is not None:
+                headers["X-BitOps-Budget"] = budget_header(plan.budget)
+            if body == JSON_BASE64:
+                png = json.dumps({"image": base64.b64encode(png).decode()}).encode()
+                headers["Content-Type"] = "application/json"
+            items.append((png, headers))
+        return write_request_set(self.cfg.work_dir / name, items)
 
     # -- the page -----------------------------------------------------------------------------
     def write(self, argv: Sequence[str]) -> Path:
@@ -299,201 +296,9 @@ class Bench:
         (c.artifacts / "bench.json").write_text(
             json.dumps({"results": self.results, "reports": self.reports}, indent=2) + "\n"
         )
-        plot_report(self.reports["batching_on"], c.artifacts / "latency.png")
-        c.out.write_text(render(self, argv))
+        plot_report(self.reports["accuracy"], c.artifacts / "accuracy.png")
+        c.out.write_text(render(self.results, self.reports, argv, c.artifacts.name))
         return c.out
-
-
-def render(bench: Bench, argv: Sequence[str]) -> str:
-    """``docs/benchmarks.md``."""
-    c, r = bench.cfg, bench.results
-    f, m, off = r["figures"], r["machine"], r["offline"]
-    sat = r["saturation"]
-    at32 = next(s for s in r["sweep"] if s["config"]["concurrency"] == 32)
-    p = r["pinned"]
-    half = r["half_load"]
-    half_ms = half["latency_ms"]
-    rel = c.artifacts.name
-    levels = ",".join(map(str, sorted(set(c.concurrencies) | {32})))
-    suite = shlex.join(["python", "-m", "loadtest.bench", *argv])
-    rows = [
-        (
-            "Service throughput at saturation / offline batched throughput",
-            "service_vs_offline",
-            f"{_x(f['service_vs_offline'], '.2f')} ({sat['throughput_rps']:.0f} req/s at "
-            f"concurrency {sat['concurrency']} / {off['batch']['images_per_second']:.0f} img/s "
-            f"offline at batch {c.batch_size})",
-            ">= 0.60",
-        ),
-        (
-            "Batching on / off (ABN_MAX_BATCH_SIZE=1), concurrency 32",
-            "batching_on_vs_off",
-            f"{_x(f['batching_on_vs_off'], '.2f')}x ({at32['throughput_rps']:.0f} / "
-            f"{r['batching_off']['throughput_rps']:.0f} req/s)",
-            ">= 4x",
-        ),
-        (
-            f"Adaptive overhead against pinned uniform {p['bits']}-bit, concurrency 32",
-            "adaptive_overhead",
-            f"{_x(_pct(f['adaptive_overhead']))} (pinned {r['pinned_run']['throughput_rps']:.0f} "
-            f"vs adaptive {at32['throughput_rps']:.0f} req/s; "
-            f"{p['cost'] / 1e6:.1f}M vs {p['adaptive_mean_bitops'] / 1e6:.1f}M BitOps)",
-            "<= 10%",
-        ),
-        (
-            "p99 / p50 latency at half the saturation rate",
-            "p99_over_p50_half_load",
-            f"{_x(f['p99_over_p50_half_load'], '.2f')} (p50 {_x(half_ms['p50'], '.1f')} ms, "
-            f"p99 {_x(half_ms['p99'], '.1f')} ms at {half['offered_rps']:.0f} req/s)",
-            "<= 3",
-        ),
-    ]
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `make bench` (`{suite}`, see `loadtest/bench.py`) on {m['date']}: every "
-        "figure below comes from this one run. Model: "
-        f"`{r['model']['name']}` {r['model']['version']} from `{r['model']['dir']}`.",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPU | {m['cpu']} |",
-        f"| cores | {m['cores']} |",
-        f"| device | {r['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''} |",
-        f"| torch | {m['torch']} (threads: {c.torch_threads}) |",
-        f"| Python | {m['python']} |",
-        f"| date | {m['date']} |",
-        f"| load average at start | {m['load_average']} |",
-        "",
-        "## Results",
-        "",
-        "| figure | measured | target | verdict |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {text} | {target} | {verdict(key, f[key])} |"
-        for name, key, text, target in rows
-    ]
-    lines += [
-        f"| Peak resident memory of the server (VmHWM) | {_x(r['peak_rss_mib'], '.0f')} MiB "
-        f"({_x(r['rss_after_ready_mib'], '.0f')} MiB once ready; batching off: "
-        f"{_x(r['peak_rss_unbatched_mib'], '.0f')} MiB) | - | - |",
-        "",
-    ]
-    missed = [name for name, key, _, _ in rows if verdict(key, f[key]) == "**MISSED**"]
-    if missed:
-        lines += [
-            "**Targets missed in this run:** " + "; ".join(missed) + ". Where the time goes, "
-            "what was fixed and the before/after figures: [profiling.md](profiling.md).",
-            "",
-        ]
-    cpu = r.get("server_cpu_ms_per_request") or {}
-    if cpu:
-        lines += [
-            "Server CPU per answered request, by thread (from `/proc/<pid>/task/*/stat` around "
-            "each run; the event loop does HTTP, PNG decoding, validation and metrics, the other "
-            "threads are the model thread):",
-            "",
-            "| run | event loop (ms) | other threads (ms) | total (ms) |",
-            "|---|---:|---:|---:|",
-            *(
-                f"| {name} | {v['event_loop']:.2f} | {v['other_threads']:.2f} | {v['total']:.2f} |"
-                for name, v in cpu.items()
-                if v is not None
-            ),
-            "",
-        ]
-    lines += [
-        f"Offline, the policy's own cost: pinned uniform {p['bits']}-bit runs at "
-        f"{off['pinned']['images_per_second']:.0f} img/s against "
-        f"{off['batch']['images_per_second']:.0f} img/s adaptive "
-        f"({_pct(f['offline_adaptive_overhead'])}). Offline at batch {c.large_batch}: "
-        f"{off['large_batch']['images_per_second']:.0f} img/s.",
-        "",
-        "## How each figure is measured, and how to reproduce it alone",
-        "",
-        "The suite starts its own servers on free ports (settings as below) and drives them from "
-        "its own process with the load generator; the commands give the same measurement by hand "
-        "(`abn serve` in one terminal, the load in another). Budgets: "
-        f"`{c.budgets}` (P% = min + P% of the model's BitOps range), each equally likely; images: "
-        f"the Fashion-MNIST test set as PNG, seed {c.seed}; runs of {c.run_seconds:g} s after a "
-        "2 s warm-up.",
-        "",
-        "1. **Service / offline.** Saturation is the best throughput of a closed-loop sweep over "
-        f"concurrencies {levels}. Offline is "
-        "`ServedModel.infer` (the server's own batch call: normalise, policy rollout grouped by "
-        f"width, softmax) over batches of {c.batch_size} (the server's ABN_MAX_BATCH_SIZE) of the "
-        "same images and budgets, no HTTP or PNG decoding, on the same torch threads.",
-        "",
-        _code(
-            bench.cmd_offline(c.batch_size),
-            bench.cmd_serve(),
-            bench.cmd_load("--concurrency", levels),
-        ),
-        "",
-        "2. **Batching on / off.** Concurrency 32 against the default server and against one with "
-        "ABN_MAX_BATCH_SIZE=1.",
-        "",
-        _code(bench.cmd_serve(max_batch_size=1), bench.cmd_load("--concurrency", "32")),
-        "",
-        "3. **Adaptive overhead.** The concurrency-32 adaptive run against the same load pinned "
-        f"(X-Bit-Widths: {p['bits']}, no budget header) to the uniform width whose cost is closest "
-        "to the mean BitOps the adaptive requests spent. Overhead = pinned throughput / adaptive "
-        "throughput - 1.",
-        "",
-        _code(bench.cmd_load("--concurrency", "32", budgets="none", widths=str(p["bits"]))),
-        "",
-        "4. **Latency at half load.** Open loop, Poisson arrivals at half the saturation "
-        "throughput; latency from each request's scheduled send time.",
-        "",
-        _code(bench.cmd_load("--rate", format(half["config"]["rate"], ".0f"))),
-        "",
-        "5. **Peak memory.** VmHWM of `/proc/<server pid>/status` after every run above.",
-        "",
-        "## Runs",
-        "",
-        *runs_table(
-            [*r["sweep"], half, r["pinned_run"], r["batching_off"]],
-            names=[
-                *(["batching on, adaptive"] * len(r["sweep"])),
-                "batching on, adaptive, half load",
-                f"batching on, pinned {p['bits']}-bit",
-                "batching off, adaptive",
-            ],
-        ),
-        "",
-        "Client CPU is the load generator's share of one core; near 100% means the client, not "
-        "the server, limited the run.",
-        "",
-        f"![latency against offered load, accuracy and BitOps per budget]({rel}/latency.png)",
-        "",
-        f"Raw reports: [`{rel}/bench.json`]({rel}/bench.json).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _code(*commands: str) -> str:
-    """A fenced block of shell commands, indented to sit inside a numbered list item."""
-    return "\n".join(["   ```", *(f"   {c}" for c in commands), "   ```"])
-
-
-def _range(card: dict[str, Any]) -> ModelRange:
-    return ModelRange.from_card(card)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-def _pct(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:+.1f}%"
-
-
-def _x(value: Any, fmt: str = "") -> str:
-    if value is None:
-        return "n/a"
-    return format(value, fmt) if fmt else str(value)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -504,7 +309,15 @@ def _say(*parts: object) -> None:
     print("bench:", *parts, file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _positive_ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(x) for x in text.split(",") if x.strip())
+    if not values or min(values) < 1:
+        raise ValueError
+    return values
+
+
+def parse_config(argv: Sequence[str]) -> BenchConfig:
+    """The options as a config; a mistake is one line and exit code 2 (argparse's ``error``)."""
     p = argparse.ArgumentParser(
         prog="python -m loadtest.bench",
         description=__doc__,
@@ -513,42 +326,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX directory (default: Debian's)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    p.add_argument("--run-seconds", type=float, default=20.0, help="seconds per measured run")
-    p.add_argument("--concurrencies", default="8,32,128", help="closed-loop sweep (32 always in)")
-    p.add_argument("--budgets", default="min,25%,50%,75%,max")
-    p.add_argument("--batch-size", type=int, default=32, help="the servers' ABN_MAX_BATCH_SIZE")
-    p.add_argument("--torch-threads", type=int, default=1, help="ABN_TORCH_THREADS and offline")
-    p.add_argument("--large-batch", type=int, default=256, help="second offline batch size")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--run-seconds", type=float, default=10.0, help="seconds per measured run")
+    p.add_argument("--warmup-seconds", type=float, default=2.0, help="wrk warm-up per server")
+    p.add_argument("--rounds", type=int, default=2, help="every server once per round")
+    p.add_argument("--concurrencies", default="1,32,128", help="wrk connections, pinned runs")
+    p.add_argument("--budgets", default="min,25%,50%,75%,max", help="the adaptive budget mix")
+    p.add_argument("--bits", type=int, default=4, help="the uniform width of pinned requests")
+    p.add_argument("--torch-threads", type=int, default=1, help="every server's torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peers", default=",".join(PEERS), help=f"of {', '.join(PEERS)}; or none")
+    p.add_argument("--peers-venv", type=Path, default=Path(".venv-peers"))
+    p.add_argument("--generator-concurrency", type=int, default=8)
+    p.add_argument("--requests", type=int, default=1000, help="distinct requests wrk cycles")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an ABN_* setting of the service, e.g. --set workers=2 (repeatable)",
+    )
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/abn-bench"))
     args = p.parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = BenchConfig(
+    try:
+        concurrencies = _positive_ints(args.concurrencies)
+    except ValueError:
+        p.error(f"--concurrencies {args.concurrencies!r}: positive integers, e.g. 1,32,128")
+    try:
+        peers = parse_peers(args.peers)
+        settings = parse_settings(args.set)
+    except ValueError as err:
+        p.error(str(err))
+    try:
+        widths = open_model_dir(args.model).spec.bit_candidates
+    except (ABNError, OSError, ValueError) as err:
+        p.error(f"--model {args.model}: {err}")
+    if args.bits not in widths:
+        p.error(f"--bits {args.bits}: the model has widths {', '.join(map(str, widths))}")
+    for name in ("run_seconds", "rounds", "requests", "generator_concurrency", "torch_threads"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    return BenchConfig(
         model=args.model,
         data_dir=args.data_dir,
         out=args.out,
         run_seconds=args.run_seconds,
-        concurrencies=tuple(int(x) for x in args.concurrencies.split(",") if x.strip()),
+        warmup_seconds=args.warmup_seconds,
+        rounds=args.rounds,
+        concurrencies=concurrencies,
         budgets=args.budgets,
-        batch_size=args.batch_size,
+        bits=args.bits,
         torch_threads=args.torch_threads,
-        device=args.device,
         seed=args.seed,
-        large_batch=args.large_batch,
+        peers=peers,
+        peers_venv=args.peers_venv,
+        generator_concurrency=args.generator_concurrency,
+        requests=args.requests,
+        settings=settings,
+        work_dir=args.work_dir,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(argv)
+    bench = Bench(cfg)
     try:
-        bench = Bench(cfg)
         bench.run()
-    except (DatasetNotFoundError, ModelLoadError) as err:
+    except DatasetNotFoundError as err:
         print(f"bench: {err}", file=sys.stderr)
         return 2
-    except (RuntimeError, TimeoutError) as err:  # a server that would not start or answer
+    except (RuntimeError, TimeoutError) as err:  # a server or wrk that would not start or answer
         print(f"bench: {err}", file=sys.stderr)
         return 1
     out = bench.write(argv)
-    f = bench.results["figures"]
-    for key in TARGETS:
-        print(f"{key}: {f[key]} ({verdict(key, f[key])})")
+    for key, target in bf.TARGETS.items():
+        value = bench.results["figures"][key]
+        print(f"{key}: {value} ({target.verdict(value)})")
     print(f"wrote {out} and {cfg.artifacts}/")
     return 0
 

@@ -58,34 +58,3 @@ def proc_status_kib(pid: int, field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float] | None:
-    """CPU seconds (user + system) each thread of ``pid`` has used, by thread id; the main
-    thread's id is ``pid``. ``None`` when the process is gone or this is not Linux."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    except (OSError, ValueError, IndexError):
-        return None
-    return out
-
-
-def cpu_ms_per_request(
-    pid: int, before: dict[int, float] | None, after: dict[int, float] | None, requests: int
-) -> dict[str, float] | None:
-    """Server CPU per answered request between two :func:`thread_cpu_seconds` snapshots, split
-    into the main thread (the event loop: HTTP, decoding, validation, metrics) and every other
-    thread (the model thread, and the pool that decodes large images)."""
-    if before is None or after is None or requests <= 0:
-        return None
-    main = after.get(pid, 0.0) - before.get(pid, 0.0)
-    total = sum(after.values()) - sum(v for t, v in before.items() if t in after)
-    return {
-        "event_loop": 1000 * main / requests,
-        "other_threads": 1000 * (total - main) / requests,
-        "total": 1000 * total / requests,
-    }

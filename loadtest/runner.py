@@ -305,7 +305,7 @@ class _Progress:
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection during a measured run (as ``timeit`` does), one after it.
 
-    The bench's process also holds torch and the model for its offline figures; a full
+    A process holding torch and a model (the bench's once did, for offline figures): a full
     collection over that heap took 0.11-0.14 s on the 2-core machine, and a generator that stalls
     that long delays its sends, which an open-loop run rightly counts as latency: seen as a
     173 ms send lag and a p99 of 203 ms in one half-load run. A run of seconds makes little

@@ -8,6 +8,7 @@ the same idea in ``tests/service/helpers.py``; tools do not import tests, hence 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from types import TracebackType
 
 import httpx
 
-from loadtest.machine import proc_status_kib, thread_cpu_seconds
+from loadtest.machine import proc_status_kib
 
 
 def setting_variable(name: str) -> str:
@@ -54,12 +55,22 @@ def abn_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "commands.abn"]
 
 
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(pgid, sig)
+
+
 class ManagedServer:
     """``abn serve --model DIR`` on a free port of 127.0.0.1 with ``ABN_<NAME>`` settings.
 
     Use as a context manager: it starts, waits for ``/readyz`` and stops (SIGTERM, then kill)
     on exit. ``peak_rss_mib``/``rss_mib`` read ``VmHWM``/``VmRSS`` of the server process.
+    The server runs in its own session, so whatever processes it starts are one process group:
+    after the server has stopped, any of them left behind is killed with it.
     """
+
+    ready_path = "/readyz"
+    signal_group = False  # SIGTERM the server alone: its own drain takes care of its children
 
     def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
         self.model_dir = model_dir
@@ -69,18 +80,25 @@ class ManagedServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 180.0) -> ManagedServer:
+    def command(self) -> list[str]:
+        cmd = [*abn_command(), "serve", "--model", str(self.model_dir)]
+        return [*cmd, "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
         env["ABN_LOG_LEVEL"] = "warning"
         env.update({setting_variable(k): v for k, v in self.settings.items()})
+        return env
+
+    def start(self, ready_timeout: float = 180.0) -> ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            cmd = [*abn_command(), "serve", "--model", str(self.model_dir)]
             self.proc = subprocess.Popen(
-                [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
+                self.command(),
+                env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._wait_ready(ready_timeout)
         return self
@@ -91,16 +109,20 @@ class ManagedServer:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"abn serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
-                if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"abn serve not ready after {timeout:g}s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    @property
+    def name(self) -> str:
+        return "abn serve"
 
     @property
     def pid(self) -> int:
@@ -110,9 +132,6 @@ class ManagedServer:
     def rss_mib(self) -> float | None:
         kib = proc_status_kib(self.pid, "VmRSS")
         return None if kib is None else kib / 1024.0
-
-    def thread_cpu_seconds(self) -> dict[int, float] | None:
-        return thread_cpu_seconds(self.pid)
 
     def peak_rss_mib(self) -> float | None:
         kib = proc_status_kib(self.pid, "VmHWM")
@@ -128,12 +147,16 @@ class ManagedServer:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if self.signal_group:
+                _signal_group(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        _signal_group(self.proc.pid, signal.SIGKILL)  # whatever it left behind
         return self.proc.returncode
 
     def __enter__(self) -> ManagedServer:

@@ -1,0 +1,93 @@
+"""CPU time and peak memory of a server *and every process it started*, read from ``/proc``.
+
+A server may be several processes: ``ABN_WORKERS`` front ends, uvicorn's worker processes,
+LitServe's inference workers fed over queues. Comparing servers by their first process alone
+would hide most of what some of them cost, so every figure here is summed over the process
+tree. Peak memory is the sum of each process's own ``VmHWM``: an upper bound of the tree's
+peak (each process peaks at its own moment, and pages shared after ``fork`` count once per
+process), which is what an operator sizing a machine for the server must provision.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.machine import proc_status_kib
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants alive now (parents first); empty when ``root`` is gone."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    if _stat_fields(root) is None:
+        return []
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        tree.append(pid)
+        queue.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each process (all its threads), by pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """What a process tree used between two :func:`snapshot` calls."""
+
+    cpu_seconds: float
+    wall_seconds: float
+    processes: int
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    cpu: dict[int, float]
+
+
+def snapshot(root: int, at: float) -> Snapshot:
+    return Snapshot(at, cpu_seconds(process_tree(root)))
+
+
+def usage_between(before: Snapshot, after: Snapshot) -> TreeUsage:
+    """CPU used by the tree between the snapshots; a process started in between counts from
+    zero (all its CPU is inside the interval), one that ended in between is lost (its last
+    interval cannot be read any more)."""
+    used = sum(v - before.cpu.get(pid, 0.0) for pid, v in after.cpu.items())
+    return TreeUsage(used, after.at - before.at, len(after.cpu))
+
+
+def tree_peak_rss_mib(root: int) -> float | None:
+    """Sum of ``VmHWM`` over the tree alive now, in MiB; ``None`` when ``root`` is gone."""
+    peaks = [proc_status_kib(pid, "VmHWM") for pid in process_tree(root)]
+    known = [kib for kib in peaks if kib is not None]
+    return sum(known) / 1024.0 if known else None
