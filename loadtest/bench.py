@@ -53,8 +53,6 @@ from loadtest.server import ManagedServer, parse_settings
 from loadtest.workload import BudgetSpec, Images, ModelRange, Workload, budget_header
 from loadtest.wrk import run_wrk, write_request_set
 
-CONCURRENCY_ADAPTIVE = 32  # where the adaptive and the pinned-nearest runs are compared
-
 
 @dataclass
 class BenchConfig:
@@ -63,6 +61,7 @@ class BenchConfig:
     out: Path  # the Markdown page; raw JSON and the plot go to <out stem>/ next to it
     run_seconds: float = 10.0
     warmup_seconds: float = 2.0
+    warmup_connections: int = 32
     rounds: int = 2
     concurrencies: tuple[int, ...] = (1, 32, 128)
     budgets: str = "min,25%,50%,75%,max"
@@ -156,15 +155,15 @@ class Bench:
             card = httpx.get(server.url + "/v1/model", timeout=10).json()
             if not self.listings:
                 self._write_request_sets(card)
-            self._wrk(server, "service", bf.PINNED, "pinned-png", c.warmup_seconds, 32)
+            self._wrk(
+                server, "service", bf.PINNED, "pinned-png", c.warmup_seconds, c.warmup_connections
+            )
             if round_index == 0:
                 self._accuracy_run(server, card)
             for conc in c.concurrencies:
                 self._measure(server, "service", bf.PINNED, "pinned-png", conc, round_index)
-            for requests in (bf.ADAPTIVE, bf.PINNED_NEAREST):
-                self._measure(
-                    server, "service", requests, requests, CONCURRENCY_ADAPTIVE, round_index
-                )
+            for load in (bf.ADAPTIVE, bf.PINNED_NEAREST):
+                self._measure(server, "service", load, load, bf.CONCURRENCY_ADAPTIVE, round_index)
             self._keep_peak("service", server)
 
     def _peer_round(self, name: str, round_index: int) -> None:
@@ -184,7 +183,7 @@ class Bench:
         self.results.setdefault("commands", {})[name] = server.shell_command()
         try:
             with server:
-                self._wrk(server, name, bf.PINNED, listing, c.warmup_seconds, 32)
+                self._wrk(server, name, bf.PINNED, listing, c.warmup_seconds, c.warmup_connections)
                 for conc in c.concurrencies:
                     self._measure(server, name, bf.PINNED, listing, conc, round_index)
                 self._keep_peak(name, server)
@@ -316,28 +315,34 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def parse_config(argv: Sequence[str]) -> BenchConfig:
-    """The options as a config; a mistake is one line and exit code 2 (argparse's ``error``)."""
+def _parser() -> argparse.ArgumentParser:
+    d = BenchConfig(model=DEFAULT_MODEL_DIR, data_dir=None, out=Path("docs/benchmarks.md"))
     p = argparse.ArgumentParser(
         prog="python -m loadtest.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--model", type=Path, default=d.model)
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX directory (default: Debian's)")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    p.add_argument("--run-seconds", type=float, default=10.0, help="seconds per measured run")
-    p.add_argument("--warmup-seconds", type=float, default=2.0, help="wrk warm-up per server")
-    p.add_argument("--rounds", type=int, default=2, help="every server once per round")
-    p.add_argument("--concurrencies", default="1,32,128", help="wrk connections, pinned runs")
-    p.add_argument("--budgets", default="min,25%,50%,75%,max", help="the adaptive budget mix")
-    p.add_argument("--bits", type=int, default=4, help="the uniform width of pinned requests")
-    p.add_argument("--torch-threads", type=int, default=1, help="every server's torch threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--peers", default=",".join(PEERS), help=f"of {', '.join(PEERS)}; or none")
-    p.add_argument("--peers-venv", type=Path, default=Path(".venv-peers"))
-    p.add_argument("--generator-concurrency", type=int, default=8)
-    p.add_argument("--requests", type=int, default=1000, help="distinct requests wrk cycles")
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument(
+        "--run-seconds", type=float, default=d.run_seconds, help="seconds per measured run"
+    )
+    p.add_argument(
+        "--warmup-seconds", type=float, default=d.warmup_seconds, help="wrk warm-up per server"
+    )
+    p.add_argument("--rounds", type=int, default=d.rounds, help="every server once per round")
+    p.add_argument("--concurrencies", default=",".join(map(str, d.concurrencies)))
+    p.add_argument("--budgets", default=d.budgets, help="the adaptive budget mix")
+    p.add_argument("--bits", type=int, default=d.bits, help="the uniform width of pinned requests")
+    p.add_argument(
+        "--torch-threads", type=int, default=d.torch_threads, help="every server's torch threads"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--peers", default=",".join(d.peers), help=f"of {', '.join(PEERS)}; or none")
+    p.add_argument("--peers-venv", type=Path, default=d.peers_venv)
+    p.add_argument("--generator-concurrency", type=int, default=d.generator_concurrency)
+    p.add_argument("--requests", type=int, default=d.requests, help="distinct requests wrk cycles")
     p.add_argument(
         "--set",
         action="append",
@@ -345,7 +350,13 @@ def parse_config(argv: Sequence[str]) -> BenchConfig:
         metavar="NAME=VALUE",
         help="an ABN_* setting of the service, e.g. --set workers=2 (repeatable)",
     )
-    p.add_argument("--work-dir", type=Path, default=Path("/tmp/abn-bench"))
+    p.add_argument("--work-dir", type=Path, default=d.work_dir)
+    return p
+
+
+def parse_config(argv: Sequence[str]) -> BenchConfig:
+    """The options as a config; a mistake is one line and exit code 2 (argparse's ``error``)."""
+    p = _parser()
     args = p.parse_args(argv)
     try:
         concurrencies = _positive_ints(args.concurrencies)

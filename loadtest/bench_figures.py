@@ -18,6 +18,7 @@ from statistics import fmean
 from typing import Any
 
 SERVICE = "service"
+CONCURRENCY_ADAPTIVE = 32  # where the adaptive and the pinned-nearest runs are compared
 PINNED = "pinned"
 ADAPTIVE = "adaptive"
 PINNED_NEAREST = "pinned-nearest"
@@ -101,8 +102,8 @@ def figures(
         row = means.get((server, load, connections))
         return None if row is None else row[measure]
 
-    adaptive = at(SERVICE, 32, "throughput_rps", ADAPTIVE)
-    pinned = at(SERVICE, 32, "throughput_rps", PINNED_NEAREST)
+    adaptive = at(SERVICE, CONCURRENCY_ADAPTIVE, "throughput_rps", ADAPTIVE)
+    pinned = at(SERVICE, CONCURRENCY_ADAPTIVE, "throughput_rps", PINNED_NEAREST)
     sat = saturation(means, SERVICE)
     return {
         "c1_p50_vs_naive": ratio(at(SERVICE, 1, "p50_ms"), at("naive", 1, "p50_ms")),

@@ -90,11 +90,12 @@ def _target_detail(results: dict[str, Any], key: str) -> str:
         return f"{lat(bf.SERVICE, 32, 'p99')} / {lat('litserve', 32, 'p99')}"
     if key == "adaptive_overhead":
         near = results.get("pinned_nearest", {})
-        a = _mean(results, bf.SERVICE, bf.ADAPTIVE, 32).get("throughput_rps")
-        p = _mean(results, bf.SERVICE, bf.PINNED_NEAREST, 32).get("throughput_rps")
+        conc = bf.CONCURRENCY_ADAPTIVE
+        a = _mean(results, bf.SERVICE, bf.ADAPTIVE, conc).get("throughput_rps")
+        p = _mean(results, bf.SERVICE, bf.PINNED_NEAREST, conc).get("throughput_rps")
         return (
             f"adaptive {_f(a, '.0f')} vs pinned {near.get('bits')}-bit {_f(p, '.0f')} req/s at "
-            f"concurrency 32; {_f((near.get('adaptive_mean_bitops') or 0) / 1e6)}M vs "
+            f"concurrency {conc}; {_f((near.get('adaptive_mean_bitops') or 0) / 1e6)}M vs "
             f"{_f((near.get('cost') or 0) / 1e6)}M BitOps"
         )
     return f"{_f(rss.get(bf.SERVICE), '.0f')} / {_f(rss.get('litserve'), '.0f')} MiB"
@@ -176,9 +177,10 @@ def _how(results: dict[str, Any]) -> list[str]:
         "",
         f"{c['rounds']} round(s); in each, one server at a time, always in this order: the "
         f"service, then {', '.join(commands) or 'no peer'}; against each a "
-        f"{c['warmup_seconds']:g} s wrk warm-up at 32 connections, then "
+        f"{c['warmup_seconds']:g} s wrk warm-up at {c['warmup_connections']} connections, then "
         f"{c['run_seconds']:g} s of wrk per concurrency "
-        f"({', '.join(map(str, c['concurrencies']))}). The service also gets, at concurrency 32, "
+        f"({', '.join(map(str, c['concurrencies']))}). The service also gets, at concurrency "
+        f"{bf.CONCURRENCY_ADAPTIVE}, "
         f"the budget mix `{c['budgets']}` (adaptive) and the same images pinned to "
         f"{near.get('bits')} bits, the uniform width closest to what adaptive requests spent. "
         f"The {c['requests']} requests wrk cycles through are the seeded workload (seed "
