@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.classify import CLASSIFY_PATH, add_classify_route
 from service.decode import configure_pillow
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
@@ -68,12 +69,13 @@ def create_app(
     )
     app.state.service = state
     app.openapi = _document(app)  # type: ignore[method-assign]
+    add_classify_route(app.router)  # first, as it is the first path of the document
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=lambda: state.metrics,
-        known_paths=[getattr(r, "path", "") for r in router.routes],
+        known_paths=[CLASSIFY_PATH, *(getattr(r, "path", "") for r in router.routes)],
         body_timeout_seconds=settings.body_timeout_seconds,
         access_log=settings.access_log,
     )

@@ -11,6 +11,7 @@ import hmac
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from service.errors import Unauthorized
 from service.state import ServiceState, get_state
@@ -32,10 +33,14 @@ async def require_api_key(
     _declared: HTTPAuthorizationCredentials | None = Security(BEARER),
 ) -> None:
     """FastAPI dependency: 401 unless ``Authorization: Bearer <ABN_API_KEY>`` (when set)."""
-    key = state.settings.api_key
+    check_api_key(request.headers.getlist("authorization"), state.settings.api_key)
+
+
+def check_api_key(given: list[str], key: SecretStr | None) -> None:
+    """401 unless ``key`` is unset or ``given`` (the request's Authorization headers) is one
+    ``Bearer <key>``. Plain Python, for the lean ``/classify`` path and the dependency alike."""
     if key is None:
         return
-    given = request.headers.getlist("authorization")
     if len(given) > 1:  # which one counts would depend on the proxy chain: neither does
         raise Unauthorized("give the Authorization header once: 'Authorization: Bearer <key>'")
     header = given[0] if given else ""

@@ -9,9 +9,13 @@ How a request travels::
   queue and returns the job's future, or refuses at once (429 queue full, 503 shutting down).
   Shedding load at the door keeps latency bounded; a queue that blocks would only move the
   wait somewhere the client cannot see it.
-* The batcher (:meth:`_run`) waits for a first job, then lets the batch fill until it holds
-  ``max_batch_size`` jobs or the *first* job has waited ``max_queue_delay_seconds`` (counted
-  from its arrival, so jobs that queued behind a running batch do not wait twice).
+* The batcher (:meth:`_run`) never waits for requests that may never come (the adaptive rule
+  of Triton's and MLServer's batchers): when the model is idle, what is queued runs at once;
+  while a batch is in the model, the next one collects what arrives, and closes when it holds
+  ``max_batch_size`` jobs, when the model becomes free, or when its *first* job has waited
+  ``max_queue_delay_seconds`` (an upper bound, counted from that job's arrival), whichever
+  comes first. Under light load every batch is one request and nobody waits; under heavy load
+  batches grow by themselves to what arrived during the previous one.
 * Jobs whose deadline has passed, or whose client gave up, are dropped before the batch runs.
 * The batch runs in a single worker thread (:meth:`ServedModel.infer`, layer by layer, samples
   grouped by width), so the event loop keeps accepting and answering while the model works,
@@ -44,6 +48,8 @@ from service.model import BatchOutput, ServedModel
 
 log = logging.getLogger("service")
 
+TOP_K = 5  # classes each answer ranks (the response's top_k)
+
 
 class InferenceFailed(ServiceError):
     status_code = 500
@@ -52,12 +58,27 @@ class InferenceFailed(ServiceError):
 
 @dataclass(frozen=True)
 class Answer:
-    """One request's result."""
+    """One request's result, in plain Python values but for the probabilities (the route
+    does no tensor work)."""
 
     probabilities: torch.Tensor  # (classes,) float32
     widths: list[int]
     bitops: float
     batch_size: int
+    top_labels: list[int]  # the TOP_K most probable classes, most probable first
+    top_probabilities: list[float]
+
+
+@dataclass(frozen=True)
+class _BatchResults:
+    """A batch's outputs as the event loop needs them, made in the model thread."""
+
+    probabilities: torch.Tensor  # (N, classes)
+    widths: list[list[int]]
+    bitops: list[float]
+    finite: list[bool]  # per sample: probabilities and cost are finite
+    top_labels: list[list[int]]
+    top_probabilities: list[list[float]]
 
 
 @dataclass
@@ -93,6 +114,7 @@ class BatchingEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abn-model")
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
+        self._held = 0  # jobs collected for the next batch, waiting for the model to be free
         self._running = 0  # jobs in the batch now in the model
         self._batch_seconds = 0.01  # moving average, for Retry-After
 
@@ -111,11 +133,12 @@ class BatchingEngine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Jobs accepted and not yet in the model: in the queue or collected for the next batch."""
+        return len(self._queue) + self._held
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue) or self._running > 0
+        return self.queued > 0 or self._running > 0
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, finish what was accepted (up to ``timeout``), stop the batcher."""
@@ -158,7 +181,7 @@ class BatchingEngine:
         is only for the log, should the model fail on it."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance")
-        if len(self._queue) >= self.max_queue_size:
+        if self.queued >= self.max_queue_size:
             raise QueueFull(
                 f"the queue is full ({self.max_queue_size} requests waiting); retry later",
                 self.retry_after_seconds(),
@@ -181,33 +204,52 @@ class BatchingEngine:
 
     def retry_after_seconds(self) -> int:
         """Whole seconds until the queue has likely drained (at least 1)."""
-        batches = len(self._queue) / self.max_batch_size + 1
+        batches = self.queued / self.max_batch_size + 1
         return max(1, math.ceil(batches * (self._batch_seconds + self.max_queue_delay)))
 
     # -- the batcher ------------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
-            live = self._drop_expired(batch)
-            if live:
-                await self._execute(live)
+        in_model: asyncio.Task[None] | None = None  # the batch the model is running
+        batch: list[_Job] = []  # the next batch, collected while that one runs
+        try:
+            while True:
+                batch = await self._collect(in_model)
+                self._held = len(batch)
+                if in_model is not None:
+                    await in_model  # one batch in the model at a time
+                live, batch, self._held = self._drop_expired(batch), [], 0
+                in_model = None
+                if live:
+                    in_model = asyncio.get_running_loop().create_task(
+                        self._execute(live), name="abn-batch"
+                    )
+        finally:  # stopped (drain's grace ran out): nothing collected is left unanswered
+            if in_model is not None:
+                in_model.cancel()
+            for job in batch:
+                self._finish(job, ShuttingDown("the server shut down first"))
+            self._held = 0
 
-    async def _collect(self) -> list[_Job]:
-        """Wait for a first job, then until the batch is full or its first job's delay is up."""
+    async def _collect(self, in_model: asyncio.Task[None] | None) -> list[_Job]:
+        """Wait for a first job; then take what is queued, at once when the model is idle, or
+        when the model becomes free, the batch is full or its first job's delay is up."""
         loop = asyncio.get_running_loop()
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
         close_at = self._queue[0].enqueued + self.max_queue_delay
-        while len(self._queue) < self.max_batch_size:
+        while (
+            in_model is not None and not in_model.done() and len(self._queue) < self.max_batch_size
+        ):
             remaining = close_at - loop.time()
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
+            arrival = loop.create_task(self._wakeup.wait())
+            await asyncio.wait(
+                (arrival, in_model), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            arrival.cancel()
         size = min(len(self._queue), self.max_batch_size)
         return [self._queue.popleft() for _ in range(size)]
 
@@ -239,17 +281,13 @@ class BatchingEngine:
         self._running = len(jobs)
         clock = time.perf_counter()
         try:
-            images = torch.stack([job.image for job in jobs])
-            budgets = torch.tensor([job.budget for job in jobs], dtype=torch.float64)
-            pinned = None
-            if any(job.pinned is not None for job in jobs):
-                zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
-                pinned = torch.tensor([job.pinned or zeros for job in jobs], dtype=torch.long)
-            out, finite = await loop.run_in_executor(
-                self._executor, self._infer, images, budgets, pinned
+            out = await loop.run_in_executor(
+                self._executor,
+                self._infer,
+                [job.image for job in jobs],
+                [job.budget for job in jobs],
+                [job.pinned for job in jobs],
             )
-            widths = out.widths.tolist()
-            bitops = out.bitops.tolist()
         except Exception as err:  # a failing batch must not kill the batcher
             log.exception(
                 "inference failed for a batch of %d (request ids: %s)",
@@ -265,16 +303,26 @@ class BatchingEngine:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         if self.metrics is not None:
             self.metrics.batch_done(len(jobs), seconds)
-        if not all(finite):
+        if not all(out.finite):
             log.error(
                 "the model produced non-finite outputs (NaN or Inf) in a batch of %d "
                 "(request ids: %s)",
                 len(jobs),
-                " ".join(job.request_id for job, ok in zip(jobs, finite, strict=True) if not ok),
+                " ".join(
+                    job.request_id for job, ok in zip(jobs, out.finite, strict=True) if not ok
+                ),
             )
         for i, job in enumerate(jobs):
-            if finite[i]:
-                self._finish(job, Answer(out.probabilities[i], widths[i], bitops[i], len(jobs)))
+            if out.finite[i]:
+                answer = Answer(
+                    out.probabilities[i],
+                    out.widths[i],
+                    out.bitops[i],
+                    len(jobs),
+                    out.top_labels[i],
+                    out.top_probabilities[i],
+                )
+                self._finish(job, answer)
             else:
                 self._finish(
                     job,
@@ -284,14 +332,30 @@ class BatchingEngine:
                 )
 
     def _infer(
-        self, images: torch.Tensor, budgets: torch.Tensor, pinned: torch.Tensor | None
-    ) -> tuple[BatchOutput, list[bool]]:
-        """The model's batch and, per sample, whether its probabilities and cost are finite
-        (checked here, in the model thread, to keep the event loop free). A NaN would
-        otherwise become a 500 at JSON encoding, after the metrics had counted it served."""
-        out = self.model.infer(images, budgets, pinned)
-        finite = torch.isfinite(out.probabilities).all(dim=1) & torch.isfinite(out.bitops)
-        return out, finite.tolist()
+        self, images: list[torch.Tensor], budgets: list[float], pins: list[list[int] | None]
+    ) -> _BatchResults:
+        """Build the batch, run it, and turn its outputs into what the event loop hands out:
+        all tensor work in the model thread, once per batch, so the event loop does none.
+        Also whether each sample's outputs are finite: a NaN would otherwise become a 500 at
+        JSON encoding, after the metrics had counted it served."""
+        pinned = None
+        if any(p is not None for p in pins):
+            zeros = [0] * self.model.num_layers  # a row of zeros: the policy decides
+            pinned = torch.tensor([p or zeros for p in pins], dtype=torch.long)
+        out: BatchOutput = self.model.infer(
+            torch.stack(images), torch.tensor(budgets, dtype=torch.float64), pinned
+        )
+        probabilities = out.probabilities
+        finite = torch.isfinite(probabilities).all(dim=1) & torch.isfinite(out.bitops)
+        top = probabilities.topk(min(TOP_K, probabilities.shape[1]), dim=1)
+        return _BatchResults(
+            probabilities,
+            out.widths.tolist(),
+            out.bitops.tolist(),
+            finite.tolist(),
+            top.indices.tolist(),
+            top.values.tolist(),
+        )
 
     def _finish(self, job: _Job, outcome: Answer | BaseException | None) -> None:
         """Settle a job's future (unless its route already gave up) and count it done."""

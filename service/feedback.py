@@ -3,6 +3,10 @@
 Bounded twice: at most ``capacity`` ids (least recently answered evicted first) and each for
 ``ttl_seconds``; memory stays constant under any load and a label for an old or unknown id is
 a 404, never a guess.
+
+An id this process never saw is still scored when it is a signed id that carries its
+prediction (:mod:`service.signed_ids`): answered by another worker or replica. It is then
+remembered here, so a repeat to this process is a 409 like any other.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from service.errors import Conflict, NotFound
+from service.signed_ids import SignedIds
 
 Outcome = Literal["correct", "incorrect"]
 
@@ -38,6 +43,7 @@ class RecentPredictions:
         self.ttl = ttl_seconds
         self._clock = clock
         self._items: OrderedDict[str, _Prediction] = OrderedDict()
+        self.signed: SignedIds | None = None  # set once the model is known
 
     def __len__(self) -> int:
         return len(self._items)
@@ -48,6 +54,11 @@ class RecentPredictions:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def sign(self, generated_id: str, label: int) -> str:
+        """A generated request id made to carry its prediction ``label`` (signed), so that
+        any process holding the key can score it; unchanged before a model is loaded."""
+        return generated_id if self.signed is None else self.signed.issue(generated_id, label)
+
     def score(self, request_id: str, true_label: int) -> tuple[Outcome, int]:
         """Compare the true label with the prediction: (outcome, predicted label).
 
@@ -55,6 +66,11 @@ class RecentPredictions:
         one vote, so a retrying client cannot skew live accuracy).
         """
         entry = self._items.get(request_id)
+        if entry is None and self.signed is not None:
+            carried = self.signed.read(request_id)  # answered elsewhere?
+            if carried is not None and not carried[1]:
+                self.remember(request_id, carried[0])
+                entry = self._items[request_id]
         if entry is not None and entry.expires < self._clock():
             del self._items[request_id]
             entry = None

@@ -34,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
+from service.multiprocess_metrics import multiprocess_registry
+
 # Process-wide in prometheus_client, read when a metric is created: so before any is.
 disable_created_metrics()
 
@@ -85,8 +87,18 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 class ServiceMetrics:
     """Every metric of the contract; methods named after what happened."""
 
-    def __init__(self, max_batch_size: int, *, deprecated_names: bool = True) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        *,
+        deprecated_names: bool = True,
+        multiprocess_dir: str | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Several workers on one port: a scrape shows all of them (service.multiprocess_metrics)
+        self._exposed = (
+            self.registry if multiprocess_dir is None else multiprocess_registry(multiprocess_dir)
+        )
         r = self.registry
         for collector in STANDARD_COLLECTORS:
             r.register(collector)  # the same objects in every registry: they only read
@@ -119,7 +131,12 @@ class ServiceMetrics:
             buckets=batch_buckets(max_batch_size),
             registry=r,
         )
-        self.pending = Gauge("abn_pending_requests", "queued plus running", registry=r)
+        self.pending = Gauge(
+            "abn_pending_requests",
+            "queued plus running",
+            registry=r,
+            multiprocess_mode="livesum",  # several workers: their sum
+        )
         self.feedback = Counter(
             "abn_feedback_total", "live accuracy from /feedback", ["outcome"], registry=r
         )
@@ -145,6 +162,7 @@ class ServiceMetrics:
             "what is loaded",
             ["model_name", "model_version", "device"],
             registry=r,
+            multiprocess_mode="livemax",  # several workers: 1, not one per worker
         )
         self.budget: Histogram | None = None
         self.used: Histogram | None = None
@@ -240,4 +258,4 @@ class ServiceMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format (0.0.4: what every Prometheus version parses) and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+        return generate_latest(self._exposed), CONTENT_TYPE_PLAIN_0_0_4

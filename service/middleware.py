@@ -47,7 +47,8 @@ from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service")
 
-REQUEST_ID_KEY = "abn.request_id"
+REQUEST_ID_KEY = "abn.request_id"  # the id; a route may replace a generated one (signed)
+GENERATED_ID_KEY = "abn.request_id_generated"  # True when the client sent no X-Request-ID
 ARRIVAL_KEY = "abn.arrival"  # event-loop time the request arrived
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
@@ -95,6 +96,7 @@ class RequestContextMiddleware:
         )
         request_id = given[0] if given and valid else uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = request_id
+        scope[GENERATED_ID_KEY] = not given
         scope[ACCESS_KEY] = {}
         id_token = request_id_var.set(request_id)
         status = 500
@@ -131,7 +133,9 @@ class RequestContextMiddleware:
                 started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                final_id = scope[REQUEST_ID_KEY]  # the route may have signed it
+                headers.append((b"x-request-id", final_id.encode("latin-1")))
+                request_id_var.set(final_id)  # the access line carries what the client sees
                 if not body_done and _has_body(scope) and not _names_connection(headers):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}

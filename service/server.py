@@ -1,7 +1,10 @@
 """Running the app under uvicorn: ``abn serve``.
 
-One process, one worker: the process owns the model and its batching engine (several workers
-would each load the model and batch only their share of the traffic).
+``ABN_WORKERS`` serving processes (default: one per core on CPU, one on CUDA), each owning a
+model copy and its batching engine. With one, this process serves; with more, it checks the
+settings and the model and replaces itself with :mod:`service.supervisor`, which binds the port
+and starts the workers (:mod:`service.worker`), each running :func:`serve_one` on the shared
+socket. Everything below holds per worker.
 
 SIGTERM / SIGINT: readiness goes 503 and new requests are refused with 503 at once (from the
 signal handler, before uvicorn starts its own shutdown); after ``ABN_SHUTDOWN_DELAY_SECONDS``
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import torch
 import uvicorn
 from pydantic import ValidationError
 
@@ -118,6 +122,16 @@ def check_open_file_limit(connections: int) -> None:
         )
 
 
+def worker_count(settings: Settings) -> int:
+    """``ABN_WORKERS``, or its default: one per usable core on CPU, one on CUDA (one model
+    copy per GPU front end would multiply its memory; see :mod:`service.supervisor`)."""
+    if settings.workers is not None:
+        return settings.workers
+    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
 def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a graceful shutdown, 1 when the model failed to load."""
     configure_logging(settings.log_format, settings.log_level)
@@ -126,6 +140,29 @@ def serve(settings: Settings) -> int:
     except ModelIntegrityError as err:
         print(f"abn serve: cannot serve {settings.model_dir}: {err}", file=sys.stderr)
         return 2
+    count = worker_count(settings)
+    if count > 1:
+        exec_supervisor(settings, count)
+    return serve_one(settings)
+
+
+def exec_supervisor(settings: Settings, count: int) -> None:
+    """Become the supervisor of ``count`` workers (this process's torch and imports go); the
+    settings as resolved here (command-line options included) reach the workers through the
+    environment."""
+    env = dict(os.environ)
+    env.update(ABN_MODEL_DIR=str(settings.model_dir), ABN_HOST=settings.host)
+    env["ABN_PORT"] = str(settings.port)
+    argv = [sys.executable, "-m", "service.supervisor", "--host", settings.host]
+    argv += ["--port", str(settings.port), "--workers", str(count)]
+    argv += ["--log-format", settings.log_format, "--log-level", settings.log_level]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def serve_one(settings: Settings, sock: socket.socket | None = None) -> int:
+    """One serving process, on ``sock`` when given (a worker), else on the settings' port."""
     fatal: list[str] = []
     server: DrainingServer | None = None
 
@@ -161,7 +198,7 @@ def serve(settings: Settings) -> int:
         on_grace_ending=app.state.service.abandon_queued,
         grace_seconds=settings.shutdown_timeout_seconds,
     )
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     if fatal:
         print(f"abn serve: the model could not be served: {fatal[0]}", file=sys.stderr)
         return 1

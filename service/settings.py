@@ -60,6 +60,20 @@ class Settings(BaseSettings):
         "0.0.0.0)",
     )
     port: int = Field(8000, ge=0, le=65535, description="bind port")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="serving processes on the one port, each with its own model copy and "
+        "batcher; unset: one per CPU core this process may use on CPU (measured best on the "
+        "2-core machine, docs/operations.md), 1 on CUDA. Set it to the CPU limit in a container",
+    )
+    feedback_key: SecretStr | None = Field(
+        None,
+        description="HMAC key that signs generated request ids (which carry their prediction, "
+        "so /feedback works on any process or replica holding the same key); unset: a random "
+        "key per server start, shared by its workers only",
+    )
     feedback_capacity: int = Field(
         100_000, ge=1, description="recent request ids remembered for POST /feedback"
     )
@@ -136,7 +150,7 @@ class Settings(BaseSettings):
         except BudgetSyntaxError as err:
             raise ValueError(f"ABN_DEFAULT_BUDGET: {err}") from err
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "feedback_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         """``ABN_API_KEY=`` (empty) means no key, not a key that is the empty string."""

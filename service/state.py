@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,7 +22,9 @@ from service.errors import NotReady, ShuttingDown
 from service.feedback import RecentPredictions
 from service.metrics import ServiceMetrics
 from service.model import ModelLoadError, ServedModel
+from service.multiprocess_metrics import multiprocess_dir
 from service.settings import Settings
+from service.signed_ids import SignedIds
 
 log = logging.getLogger("service")
 
@@ -31,6 +34,14 @@ Loader = Callable[[Settings], ServedModel]
 
 def load_from_settings(settings: Settings) -> ServedModel:
     return ServedModel.load(settings.model_dir, settings.device)
+
+
+def feedback_key(settings: Settings) -> bytes:
+    """``ABN_FEEDBACK_KEY``, or a key of this process alone (``abn serve`` sets one for all its
+    workers when the setting is unset, see :mod:`service.supervisor`)."""
+    if settings.feedback_key is not None:
+        return settings.feedback_key.get_secret_value().encode()
+    return secrets.token_bytes(32)
 
 
 class ServiceState:
@@ -46,7 +57,9 @@ class ServiceState:
         self.loader = loader
         self.on_fatal = on_fatal
         self.metrics = ServiceMetrics(
-            settings.max_batch_size, deprecated_names=settings.deprecated_metrics
+            settings.max_batch_size,
+            deprecated_names=settings.deprecated_metrics,
+            multiprocess_dir=multiprocess_dir(),
         )
         self.predictions = RecentPredictions(
             settings.feedback_capacity, settings.feedback_ttl_seconds
@@ -55,6 +68,7 @@ class ServiceState:
         self.model: ServedModel | None = None
         self.engine: BatchingEngine | None = None
         self.default_budget: float = float("inf")
+        self.model_ref: dict[str, str] = {}  # the response's "model", built once at load
         self.load_error: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -95,6 +109,10 @@ class ServiceState:
                 metrics=self.metrics,
             )
             self.model = model
+            self.model_ref = {"name": model.name, "version": model.version}
+            self.predictions.signed = SignedIds(
+                feedback_key(s), f"{model.name}\0{model.version}", s.feedback_ttl_seconds
+            )
             if self.phase == "draining":
                 return
             engine.start()

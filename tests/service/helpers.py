@@ -148,15 +148,33 @@ def abn_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "commands.abn"]
 
 
-class ServerProcess:
-    """A real ``abn serve`` on a free port, started in the background."""
+MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize holds the model
 
-    def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
+
+class ServerProcess:
+    """A real ``abn serve`` on a free port, started in the background: one worker process
+    unless ``workers`` is given. ``model_gate``: a path; while a file exists there, the
+    server's model holds every batch (``model_gate/sitecustomize.py``)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        log_path: Path,
+        *,
+        model_gate: Path | None = None,
+        **settings: object,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-        env.update({"ABN_TORCH_THREADS": "1", "ABN_LOG_LEVEL": "warning"})
+        env.update({"ABN_TORCH_THREADS": "1", "ABN_LOG_LEVEL": "warning", "ABN_WORKERS": "1"})
         env.update({f"ABN_{k.upper()}": str(v) for k, v in settings.items()})
+        self.model_gate = model_gate
+        if model_gate is not None:
+            env["ABNTEST_MODEL_GATE"] = str(model_gate)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(MODEL_GATE_SITE), *filter(None, [env.get("PYTHONPATH")])]
+            )
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = abn_command() + ["serve", "--model", str(model_dir), "--host", "127.0.0.1"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -70,13 +71,68 @@ def test_batches_fill_up_to_the_maximum() -> None:
     asyncio.run(body())
 
 
-def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds (bounded by the module's timeout)."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def test_an_idle_model_runs_a_lone_request_at_once() -> None:
+    """No wait for a batch that never comes: with an hour of allowed queue delay, a request
+    that finds the model idle is answered (the bound of 60 s only catches a batcher that
+    waited for the delay)."""
+
     async def body() -> None:
-        engine = engine_for(FakeModel(), max_queue_delay_seconds=0.05, max_batch_size=32)
+        model = FakeModel()
+        engine = engine_for(model, max_queue_delay_seconds=3600, max_batch_size=32)
         engine.start()
-        t0 = time.perf_counter()
-        await engine.submit(IMAGE, 1.0, None, far())
-        assert 0.04 <= time.perf_counter() - t0 < 1.0
+        for budget in (1.0, 2.0):
+            answer = await asyncio.wait_for(engine.submit(IMAGE, budget, None, far()), 60)
+            assert answer.batch_size == 1
+        assert model.batches == [[1.0], [2.0]]
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_what_arrives_during_a_batch_forms_the_next_one() -> None:
+    """While a batch is in the model, the next collects every arrival and runs as one batch
+    the moment the model is free (the queue delay, an hour here, is never waited out)."""
+
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate=gate)
+        engine = engine_for(model, max_queue_delay_seconds=3600, max_batch_size=8)
+        engine.start()
+        first = engine.submit(IMAGE, 1.0, None, far())
+        await until(lambda: len(model.batches) == 1)  # in the model, held by the gate
+        later = [engine.submit(IMAGE, float(i), None, far()) for i in (2, 3, 4)]
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *later), 60)
+        assert model.batches == [[1.0], [2.0, 3.0, 4.0]]
+        assert [a.batch_size for a in answers] == [1, 3, 3, 3]
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_the_queue_delay_bounds_how_long_a_batch_collects() -> None:
+    """With ABN_MAX_QUEUE_DELAY_SECONDS=0 a batch closes on its first job even while the model
+    is busy: what arrives after that goes to the batch after it."""
+
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate=gate)
+        engine = engine_for(model, max_queue_delay_seconds=0.0, max_batch_size=8)
+        engine.start()
+        futures = [engine.submit(IMAGE, 1.0, None, far())]
+        await until(lambda: len(model.batches) == 1)
+        futures.append(engine.submit(IMAGE, 2.0, None, far()))
+        await until(lambda: len(engine._queue) == 0)  # the second batch closed on its own
+        futures += [engine.submit(IMAGE, b, None, far()) for b in (3.0, 4.0)]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*futures), 60)
+        assert model.batches == [[1.0], [2.0], [3.0, 4.0]]
         await engine.drain(5)
 
     asyncio.run(body())

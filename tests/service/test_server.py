@@ -287,11 +287,11 @@ def test_504_and_the_model_never_runs(servers: dict) -> None:
         assert metrics.value("abn_batch_size_count") == 0
 
 
-# SIGTERM. Made deterministic by the batcher itself: batches are allowed to wait HOLD seconds to
-# fill and are larger than the wave, so the whole wave is provably still queued when the signal
-# lands (no batch has run; checked from /metrics just before os.kill), whatever the CPU speed.
-# Every wait below is generous and bounded.
-HOLD = 4.0  # ABN_MAX_QUEUE_DELAY_SECONDS: how long the queued wave is held
+# SIGTERM. Made deterministic by holding the model (a request that finds it idle runs at once):
+# with the model gate closed, the first batch waits in the model and the rest of the wave
+# queues behind it, so the whole wave is provably in flight when the signal lands (no batch has
+# run; checked from /metrics just before os.kill), whatever the CPU speed. Every wait below is
+# generous and bounded.
 DELAY = 3.0  # ABN_SHUTDOWN_DELAY_SECONDS: the port stays open (answering 503) this long
 WAVE, LATE = 24, 8
 
@@ -323,11 +323,12 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
     """SIGTERM with WAVE accepted requests queued: readiness is 503 at once (and stays so),
     requests after the signal are refused with 503, every accepted request is answered 200,
     and the process exits 0 within a bounded time."""
+    gate = tmp_path / "model-gate"
     server = ServerProcess(
         tiny_model_dir,
         tmp_path / "sigterm.log",
-        max_batch_size=64,  # > WAVE: the batch waits the whole HOLD to fill
-        max_queue_delay_seconds=HOLD,
+        model_gate=gate,
+        max_batch_size=64,
         max_queue_size=1000,
         request_timeout_seconds=60,
         shutdown_delay_seconds=DELAY,
@@ -335,6 +336,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
     )
     seen = server.wait_ready()
     assert set(seen) <= {200, 503} and seen[-1] == 200
+    gate.touch()  # the model holds every batch from now on
 
     async def body() -> dict:
         out: dict = {}
@@ -364,6 +366,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
             r = await probe.get("/readyz")
             out["readyz_again"] = (r.status_code, r.json().get("status"))
             out["healthz"] = (await probe.get("/healthz")).status_code
+            gate.unlink()  # the model runs again: the wave must now be answered
             out["wave"] = await asyncio.gather(*wave)
         return out
 
@@ -391,7 +394,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(
     assert [(code, kind) for code, kind, _ in wave] == [(200, None)] * WAVE, facts
     assert all(at > seen_by_client["signalled"] for _, _, at in wave), facts
     assert rc == 0, facts
-    assert DELAY <= exited_after < DELAY + HOLD + 20, facts
+    assert DELAY <= exited_after < DELAY + 20, facts
     assert "Traceback" not in log, facts
 
 
@@ -399,19 +402,22 @@ def test_sigterm_exits_within_the_grace_even_if_work_cannot_finish(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """The grace is a bound, and what it cuts short still gets a contract answer: with four
-    requests queued behind a batch that would wait 10 s to fill, one upload that never
-    finishes, and ABN_SHUTDOWN_TIMEOUT_SECONDS=1, the process exits 0 within a few seconds;
-    the queued requests are answered 503 shutting_down just before the grace ends, and the
+    requests held (one in a model that does not finish, three queued behind it), one upload
+    that never finishes, and ABN_SHUTDOWN_TIMEOUT_SECONDS=1, the process exits 0 within a few
+    seconds of the model finishing; the four are answered 503 shutting_down as the grace ends
+    (queued ones just before it, the one in the model when the server cancels it), and the
     stalled upload is answered 503 when the server cuts it off (not uvicorn's plain-text 500)."""
+    gate = tmp_path / "model-gate"
     server = ServerProcess(
         tiny_model_dir,
         tmp_path / "stuck.log",
+        model_gate=gate,
         max_batch_size=64,
-        max_queue_delay_seconds=10,
         request_timeout_seconds=60,
         shutdown_timeout_seconds=1,
     )
     server.wait_ready()
+    gate.touch()
 
     async def stalled_upload() -> tuple[bytes, float]:
         """Headers announcing 1000 bytes, then 10 of them, then silence; the raw answer."""
@@ -432,7 +438,9 @@ def test_sigterm_exits_within_the_grace_even_if_work_cannot_finish(
             await _wait_until_queued(server, 4)
             os.kill(server.proc.pid, signal.SIGTERM)
             signalled = time.monotonic()
-            return await asyncio.gather(*stuck), await upload, signalled
+            answers = await asyncio.gather(*stuck)
+            gate.unlink()  # the abandoned batch may now finish, and the process exit
+            return answers, await upload, signalled
 
     try:
         answers, (raw, raw_at), signalled = asyncio.run(body())
@@ -445,7 +453,7 @@ def test_sigterm_exits_within_the_grace_even_if_work_cannot_finish(
         f"\nSIGTERM with work that cannot finish, grace 1 s: exit {rc} after {exited_after:.1f} s"
     )
     assert rc == 0, facts
-    assert exited_after < 8, facts  # grace 1 s (+ polling), long before the 10 s batch
+    assert exited_after < 8, facts  # grace 1 s (+ polling), then the held batch ends
     assert [(code, kind) for code, kind, _ in answers] == [(503, "shutting_down")] * 4, facts
     assert all(at - signalled < 8 for _, _, at in answers), facts
     head, _, payload = raw.partition(b"\r\n\r\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.timeout(180)  # the shared tiny model may be built in s
 
 BODY_TIMEOUT = 1.0
 HEADER_TIMEOUT = 1.0
-QUEUE_DELAY = 1.0  # a lone request waits this long for its batch: time to vanish while queued
 LIMIT = 12
 IMAGE = png(7)
 
@@ -37,8 +36,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "body_timeout_seconds": BODY_TIMEOUT,
         "header_timeout_seconds": HEADER_TIMEOUT,
         "limit_concurrency": LIMIT,
-        "max_queue_delay_seconds": QUEUE_DELAY,
         "log_level": "info",
+        "model_gate": logs / "model-gate",  # closed: the model holds batches (queued requests)
     }
     with running_servers(tiny_model_dir, logs, {"slow": spec}) as started:
         yield started["slow"]
@@ -158,20 +157,43 @@ def test_clients_vanishing_mid_upload_are_499_not_server_errors(server: ServerPr
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
-def test_a_client_gone_while_queued_is_dropped_before_the_model(server: ServerProcess) -> None:
-    before = scrape(server)
-    with connect(server) as sock:
-        sock.sendall(head(len(IMAGE)) + IMAGE)
-        time.sleep(QUEUE_DELAY / 4)  # queued: its batch closes at QUEUE_DELAY
+def wait_for(server: ServerProcess, condition: Callable[[Scrape], bool], what: str) -> Scrape:
+    """Scrape until ``condition`` holds (at most 10 s); the scrape that showed it."""
     end = time.monotonic() + 10
-    while (after := scrape(server)).value("abn_pending_requests") != 0 or after.value(
-        "abn_requests_total", status_code="499"
-    ) == before.value("abn_requests_total", status_code="499"):
-        assert time.monotonic() < end, "the vanished request was never dropped"
+    while not condition(metrics := scrape(server)):
+        assert time.monotonic() < end, what
         time.sleep(0.05)
-    time.sleep(QUEUE_DELAY)  # past the batch's closing time
-    after = scrape(server)
-    assert after.value("abn_batch_size_count") == before.value("abn_batch_size_count")
+    return metrics
+
+
+def test_a_client_gone_while_queued_is_dropped_before_the_model(server: ServerProcess) -> None:
+    """With the model held by one request, a second one queues; its client leaves; it is
+    counted 499, and once the model is free only the first request has run."""
+    gate = server.model_gate
+    assert gate is not None
+    before = scrape(server)
+    gone_before = before.value("abn_requests_total", status_code="499")
+    gate.touch()
+    holder = connect(server)
+    try:
+        holder.sendall(head(len(IMAGE), extra="Connection: close\r\n") + IMAGE)  # held
+        with connect(server) as sock:
+            sock.sendall(head(len(IMAGE)) + IMAGE)
+            wait_for(server, lambda m: m.value("abn_pending_requests") == 2, "it never queued")
+        wait_for(
+            server,
+            lambda m: m.value("abn_requests_total", status_code="499") > gone_before,
+            "the vanished request was never dropped",
+        )
+        gate.unlink()
+        raw, _ = read_until_closed(holder)
+    finally:
+        holder.close()
+        gate.unlink(missing_ok=True)
+    assert parse(raw)[0] == 200, raw
+    after = wait_for(server, lambda m: m.value("abn_pending_requests") == 0, "never finished")
+    assert after.value("abn_batch_size_count") == before.value("abn_batch_size_count") + 1
+    assert after.value("abn_batch_size_sum") == before.value("abn_batch_size_sum") + 1
     assert after.value("abn_requests_total", status_code="500") == 0
     assert "while its request waited for the model; the work was dropped" in server.log()
     r = httpx.post(server.url + "/classify", content=IMAGE, headers={"Content-Type": "image/png"})
