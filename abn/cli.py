@@ -102,6 +102,7 @@ POLICY_HELP = {
     "checkpoint_every": "steps between checkpoints",
     "checkpoints": "checkpoint directory (default: runs/<model name>-policy)",
     "resume": "continue from the checkpoint in --checkpoints (same policy shape)",
+    "init_from": "a model directory whose policy's width decisions start this one",
 }
 CHOICES = {
     "arch": tuple(ARCHITECTURES),

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,17 @@ def test_architectures_list_the_input_they_expect() -> None:
     text = " ".join(out.getvalue().split())
     assert "resnet8_fmnist (1x28x28 grayscale)" in text
     assert "resnet20_cifar (3x32x32 RGB)" in text
+
+
+def test_docs_own_data_describes_every_option_of_every_subcommand() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "own-data.md").read_text()
+    commands = ("abn serve", "abn train supernet", "abn train policy", "abn evaluate")
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, parser in _subcommand_parsers().items()
+        if name in commands
+        for action in parser._actions
+        if action.option_strings and action.option_strings[0] != "-h"
+        if action.option_strings[-1] not in text
+    ]
+    assert missing == []

@@ -1,0 +1,37 @@
+"""Time every uniform width of a model on this machine, as ``abn evaluate`` does for its
+``latency`` table (abn/latency.py), without re-scoring accuracy: for re-timing a model on the
+device that will serve it, or for the figures in README.md and docs/api.md.
+
+    .venv/bin/python scripts/latency_table.py --model model_store/fmnist-abn --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from abn.bitops import cost_table
+from abn.latency import latency_markdown, measure_latency
+from abn.store import DEFAULT_MODEL_DIR, open_model_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per timed batch")
+    parser.add_argument("--repeats", type=int, default=20, help="timed batches per width")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    md = open_model_dir(args.model)
+    net = md.load_supernet(args.device).fold_for_inference()
+    table = measure_latency(net, cost_table(net), md.input_spec, args.batch_size, args.repeats)
+    print("\n".join(latency_markdown(table)))
+
+
+if __name__ == "__main__":
+    main()
