@@ -52,10 +52,16 @@ class InlineBatcher:
 
     def _run_batch(self) -> None:
         batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
-        answers = self.model.classify_batch([image for image, _ in batch])
-        for (_, future), answer in zip(batch, answers, strict=True):
-            if not future.done():
-                future.set_result(answer)
+        try:
+            answers = self.model.classify_batch([image for image, _ in batch])
+        except Exception as err:  # every request of the batch gets the error, none hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+        else:
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
         self.scheduled = bool(self.pending)
         if self.scheduled:
             asyncio.get_running_loop().call_soon(self._run_batch)

@@ -82,6 +82,20 @@ def test_the_lean_batcher_runs_a_lone_request_at_once_and_batches_what_queued() 
     assert recorder.batches == [1, 4, 2]  # six queued at once, at most four a batch
 
 
+def test_a_failing_batch_fails_each_of_its_requests_instead_of_leaving_them_waiting() -> None:
+    class Broken:
+        def classify_batch(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+            raise RuntimeError("no model today")
+
+    async def go() -> list[BaseException | dict[str, Any]]:
+        batcher = InlineBatcher(Broken())  # type: ignore[arg-type]
+        futures = [batcher.submit(torch.tensor(i)) for i in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 1.0)
+
+    outcomes = asyncio.run(go())
+    assert [str(o) for o in outcomes] == ["no model today"] * 3
+
+
 def _ask(app: Any) -> list[httpx.Response]:
     """An image, junk, the health route and a wrong method, in process."""
 
