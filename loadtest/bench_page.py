@@ -38,15 +38,16 @@ def _mean(results: dict[str, Any], server: str, load: str, conc: int) -> dict[st
 
 
 def _header(results: dict[str, Any], argv: Sequence[str]) -> list[str]:
-    m, model = results["machine"], results["config"]
+    m, c, model = results["machine"], results["config"], results["model"]
     suite = shlex.join(["python", "-m", "loadtest.bench", *argv])
     load0 = float(m["load_average"].split()[0])
     lines = [
         "# Benchmarks",
         "",
         f"Written by `make bench` (`{suite}`, see `loadtest/bench.py`) on {m['date']}: every "
-        f"figure below comes from this one run. Model: `{model['model']}`, every server on the "
-        f"CPU with {model['torch_threads']} torch thread(s) per process.",
+        f"figure below comes from this one run. Model: `{model['name']}` {model['version']} "
+        f"from `{c['model']}`, every server on the CPU with {c['torch_threads']} torch "
+        "thread(s) per process.",
         "",
         "| machine | |",
         "|---|---|",
