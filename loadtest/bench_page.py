@@ -112,11 +112,9 @@ def _targets(results: dict[str, Any]) -> list[str]:
     ]
     for key, t in bf.TARGETS.items():
         value = f[key]
-        shown = _f(100 * value, "+.1f") + "%" if key == "adaptive_overhead" and value else None
-        shown = shown or _f(value, ".2f")
-        target = (
-            f"{t.op} {100 * t.value:.0f}%" if key == "adaptive_overhead" else f"{t.op} {t.value:g}"
-        )
+        percent = key == "adaptive_overhead"  # a share of throughput, not a ratio
+        shown = f"{100 * value:+.1f}%" if percent and value is not None else _f(value, ".2f")
+        target = f"{t.op} {100 * t.value:.0f}%" if percent else f"{t.op} {t.value:g}"
         lines.append(
             f"| {t.name} | {shown} ({_target_detail(results, key)}) | {target} "
             f"| {t.verdict(value)} |"
