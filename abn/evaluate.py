@@ -69,7 +69,7 @@ def adaptive_accuracy(
     """Accuracy, mean BitOps and budget violations of the policy at one budget, and (under
     ``"correct"``, a tensor to pop before writing JSON) each image's correctness."""
     device = next(net.parameters()).device
-    correct, spent, violations, widths = [], [], 0, []
+    correct, spent, violations, widths, reruns = [], [], 0, [], 0
     for images, labels in iterate_batches(data, batch_size, shuffle=False):
         budgets = torch.full((images.shape[0],), budget, dtype=torch.float64)
         r = rollout(net, table, normalize(images.to(device), input_spec), budgets, policy)
@@ -77,6 +77,7 @@ def adaptive_accuracy(
         spent.append(r.bitops.cpu())
         violations += int((r.bitops.cpu() > budgets).sum())
         widths.append(r.widths.cpu())
+        reruns += 0 if r.escalation is None else int((r.escalation > 0).sum())
     spent_all = torch.cat(spent)
     w = torch.cat(widths).float()
     correct_all = torch.cat(correct)
@@ -88,6 +89,7 @@ def adaptive_accuracy(
         "violations": violations,
         "mean_widths": [round(v, 3) for v in w.mean(0).tolist()],
         "distinct_configs": int(torch.unique(torch.cat(widths), dim=0).shape[0]),
+        "rerun_fraction": reruns / len(data),  # images the policy's last decision re-ran
     }
 
 
@@ -213,37 +215,64 @@ def compare_adaptive(adaptive: list[dict], static: list[dict]) -> list[dict]:
 
 
 def plot_pareto(report: dict, path: Path) -> None:
+    """Two panels: every family's accuracy against BitOps (each point with its 95 % binomial
+    interval), and the policy's paired difference to each baseline per budget (95 % paired
+    bootstrap interval), the comparison the targets are stated in."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    uni = report["static_uniform"]
-    ax.plot(
-        [s["bitops"] for s in uni],
-        [100 * s["accuracy"] for s in uni],
-        "s--",
-        color="tab:gray",
-        label="uniform width (static)",
+    versus = report.get("versus_baselines", [])
+    fig, axes = plt.subplots(1, 2 if versus else 1, figsize=(14 if versus else 8, 5.5))
+    front_ax = axes[0] if versus else axes
+    _plot_families(front_ax, report)
+    front_ax.set_title(
+        f"{report['model']['name']} {report['model']['version']}: accuracy vs BitOps"
     )
-    for s in uni:
+    if versus:
+        _plot_versus(axes[1], versus)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _interval(points: list[dict], images: int) -> list[float]:
+    """Half-width (pt) of each point's 95 % binomial interval over ``images`` test images."""
+    return [196 * math.sqrt(p["accuracy"] * (1 - p["accuracy"]) / images) for p in points]
+
+
+def _plot_families(ax, report: dict) -> None:  # noqa: ANN001 (a matplotlib Axes)
+    n = report["test_images"]
+    families = [
+        ("static_uniform", "mean_bitops", "s--", "tab:gray", "uniform width (static)"),
+        ("static_mixed", "mean_bitops", "o-", "tab:blue", "best static mixed (searched on val)"),
+        ("confidence_cascade", "mean_bitops", "v:", "tab:purple", "confidence cascade (val)"),
+        ("layerwise_cascade", "mean_bitops", "d:", "tab:green", "layer-wise cascade (val)"),
+        ("adaptive", "mean_bitops", "^-", "tab:red", "adaptive policy (mean BitOps)"),
+    ]
+    for key, x, marker, color, label in families:
+        points = report.get(key) or report.get("baselines", {}).get(key, [])
+        if not points:
+            continue
+        ax.errorbar(
+            [p.get(x, p.get("bitops")) for p in points],
+            [100 * p["accuracy"] for p in points],
+            yerr=_interval(points, n),
+            fmt=marker,
+            color=color,
+            ms=3,
+            capsize=2,
+            elinewidth=0.8,
+            label=label,
+        )
+    for s in report["static_uniform"]:
         ax.annotate(
             f"{s['bit_widths'][0]}-bit",
             (s["bitops"], 100 * s["accuracy"]),
             textcoords="offset points",
             xytext=(4, -12),
             fontsize=8,
-        )
-    mixed = report.get("static_mixed", [])
-    if mixed:
-        ax.plot(
-            [s["bitops"] for s in mixed],
-            [100 * s["accuracy"] for s in mixed],
-            "o-",
-            color="tab:blue",
-            ms=3,
-            label="best static mixed (searched on val)",
         )
     rnd = report.get("random_configs", {}).get("points", [])
     if rnd:
@@ -255,36 +284,41 @@ def plot_pareto(report: dict, path: Path) -> None:
             alpha=0.4,
             label="random static configs",
         )
-    styles = {"confidence_cascade": ("v:", "tab:purple"), "layerwise_cascade": ("d:", "tab:green")}
-    for name, (marker, color) in styles.items():
-        front = report.get("baselines", {}).get(name, [])
-        if front:
-            ax.plot(
-                [r["mean_bitops"] for r in front],
-                [100 * r["accuracy"] for r in front],
-                marker,
-                color=color,
-                ms=3,
-                label=f"{name.replace('_', ' ')} (thresholds from val)",
-            )
-    ada = report.get("adaptive", [])
-    if ada:
-        ax.plot(
-            [a["mean_bitops"] for a in ada],
-            [100 * a["accuracy"] for a in ada],
-            "^-",
-            color="tab:red",
-            label="adaptive policy (mean BitOps)",
-        )
     ax.set_xscale("log")
-    ax.set_xlabel("BitOps per image (mean for adaptive)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['model']['name']} {report['model']['version']}: accuracy vs BitOps")
+    ax.set_xlabel("BitOps per image (mean for adaptive and cascades)")
+    ax.set_ylabel("test accuracy (%), 95 % interval")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def _plot_versus(ax, versus: list[dict]) -> None:  # noqa: ANN001 (a matplotlib Axes)
+    colors = {"best static": "tab:blue", "confidence cascade": "tab:purple"}
+    names = [v["baseline"] for v in versus[0]["versus"]]
+    for j, name in enumerate(names):
+        rows = [(r["budget"], r["versus"][j]) for r in versus if r["versus"][j]["available"]]
+        if not rows:
+            continue
+        budgets = [b * (1 + 0.04 * (j - 1)) for b, _ in rows]  # side by side, not on top
+        diff = [100 * v["difference"] for _, v in rows]
+        low = [d - 100 * v["low"] for d, (_, v) in zip(diff, rows, strict=True)]
+        high = [100 * v["high"] - d for d, (_, v) in zip(diff, rows, strict=True)]
+        ax.errorbar(
+            budgets,
+            diff,
+            yerr=[low, high],
+            fmt="o",
+            ms=4,
+            capsize=3,
+            color=colors.get(name, "tab:green"),
+            label=f"policy − {name}",
+        )
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (BitOps per image)")
+    ax.set_ylabel("paired difference (pt), 95 % bootstrap interval")
+    ax.set_title("policy against each baseline at equal or lower mean BitOps")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
 
 
 def _pct(v: float | None) -> str:

@@ -13,6 +13,8 @@ budget. The choice is made on the worst and the mean margin over the budgets:
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from abn.baselines import BaselineSuite, best_under
 from abn.bitops import cost_table
@@ -40,13 +42,25 @@ def main() -> None:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--budgets", type=int, default=10)
     parser.add_argument("--search-images", type=int, default=2000)
+    parser.add_argument(
+        "--baselines-cache",
+        type=Path,
+        default=None,
+        help="JSON file the baseline rows are read from if it exists, else written to "
+        "(they depend on the supernet only, not on the policies compared)",
+    )
     args = parser.parse_args()
     val, test = load_fashion_mnist("val"), load_fashion_mnist("test")
     first = open_model_dir(args.models[0])
     net = first.load_supernet().fold_for_inference()
     table = cost_table(net)
     suite = BaselineSuite(net, table, val, test, first.input_spec)
-    baselines = baseline_rows(suite, args.search_images)
+    if args.baselines_cache and args.baselines_cache.is_file():
+        baselines = json.loads(args.baselines_cache.read_text())
+    else:
+        baselines = baseline_rows(suite, args.search_images)
+        if args.baselines_cache:
+            args.baselines_cache.write_text(json.dumps(baselines))
     for path in args.models:
         md = open_model_dir(path)
         policy = md.load_policy()

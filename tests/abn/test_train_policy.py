@@ -5,12 +5,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from abn.bitops import cost_table
+from abn.errors import ConfigError
 from abn.policy import check_budgets, rollout
 from abn.store import open_model_dir
-from abn.train.policy import PolicyTrainConfig, policy_loss, sample_budgets, train_policy
+from abn.train.policy import (
+    CHARGE_BANDS,
+    BandCharges,
+    PolicyTrainConfig,
+    policy_loss,
+    sample_budgets,
+    train_policy,
+)
 
 
 def tiny_config(
@@ -94,3 +103,53 @@ def test_a_block_policy_trains_saves_and_loads_with_its_granularity(
         r = rollout(net, table, torch.randn(6, 1, 28, 28), budgets, policy)
     assert bool((r.bitops <= budgets).all())
     assert bool((r.widths[:, 0] == r.widths[:, 1]).all())  # block 1 at one width
+    assert md.manifest["policy"]["spec"]["escalations"]  # the last decision is on by default
+    assert len(md.manifest["policy"]["training"]["charges_per_band"]) == CHARGE_BANDS
+
+
+def test_band_charges_rise_where_a_band_overspends_and_fall_where_it_underspends() -> None:
+    from abn.supernet import build_supernet
+    from tests.nets import calibrate
+
+    table = cost_table(calibrate(build_supernet("resnet8_fmnist")))
+    low, high = table.min_bitops, table.max_bitops
+    charges = BandCharges(table, start=0.5, target=0.5, lr=0.1)
+    cheap, dear = low * 1.05, high * 0.99  # the first and the last band
+    assert charges.band(torch.tensor([low, cheap, dear, high])).tolist() == [0, 0, 9, 9]
+    budgets = torch.tensor([cheap, cheap, dear, dear], dtype=torch.float64)
+    # the cheap band spends its whole room, the dear band nothing above the cheapest
+    spent = torch.tensor([cheap, cheap, low, low], dtype=torch.float64)
+    assert charges.used(budgets, spent).tolist() == [1.0, 1.0, 0.0, 0.0]
+    charges.update(budgets, spent)
+    assert charges.values[0] == pytest.approx(0.55) and charges.values[9] == pytest.approx(0.45)
+    assert bool((charges.values[1:9] == 0.5).all())  # bands with no image do not move
+    fixed = BandCharges(table, start=0.5, target=None, lr=0.1)
+    fixed.update(budgets, spent)
+    assert bool((fixed.values == 0.5).all())
+
+
+def test_init_from_starts_the_width_decisions_from_another_policy(
+    tiny_model_dir: Path, tiny_fmnist_dir: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"  # its policy decides at every layer and has no last decision
+    shutil.copytree(tiny_model_dir, source)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    train_policy(tiny_config(model, tiny_fmnist_dir, tmp_path, steps=0, init_from=str(source)))
+    new, old = open_model_dir(model).load_policy(), open_model_dir(source).load_policy()
+    for name, tensor in old.state_dict().items():
+        assert torch.equal(new.state_dict()[name], tensor), name
+    assert new.escalation is not None and old.escalation is None
+    stop, rerun = new.escalation[-1].bias[0], new.escalation[-1].bias[1:]
+    assert bool((stop > rerun).all())  # it first keeps the answer it inherited
+    with pytest.raises(ConfigError, match="decides at layers"):
+        train_policy(
+            tiny_config(
+                model,
+                tiny_fmnist_dir,
+                tmp_path,
+                steps=0,
+                granularity="block",
+                init_from=str(source),
+            )
+        )
