@@ -154,7 +154,8 @@ MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize hold
 class ServerProcess:
     """A real ``abn serve`` on a free port, started in the background: one worker process
     unless ``workers`` is given. ``model_gate``: a path; while a file exists there, the
-    server's model holds every batch (``model_gate/sitecustomize.py``)."""
+    server's model holds every batch (``model_gate/sitecustomize.py``). ``extra_env``: other
+    environment variables of the server."""
 
     def __init__(
         self,
@@ -162,6 +163,7 @@ class ServerProcess:
         log_path: Path,
         *,
         model_gate: Path | None = None,
+        extra_env: dict[str, str] | None = None,
         **settings: object,
     ) -> None:
         self.port = free_port()
@@ -169,6 +171,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
         env.update({"ABN_TORCH_THREADS": "1", "ABN_LOG_LEVEL": "warning", "ABN_WORKERS": "1"})
         env.update({f"ABN_{k.upper()}": str(v) for k, v in settings.items()})
+        env.update(extra_env or {})
         self.model_gate = model_gate
         if model_gate is not None:
             env["ABNTEST_MODEL_GATE"] = str(model_gate)
