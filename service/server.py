@@ -39,6 +39,7 @@ from service.app import create_app
 from service.connections import GuardedHttpToolsProtocol
 from service.logs import configure_logging
 from service.settings import Settings, setting_variables, unknown_variables
+from service.supervisor import usable_cores
 
 
 class DrainingServer(uvicorn.Server):
@@ -123,13 +124,14 @@ def check_open_file_limit(connections: int) -> None:
 
 
 def worker_count(settings: Settings) -> int:
-    """``ABN_WORKERS``, or its default: one per usable core on CPU, one on CUDA (one model
-    copy per GPU front end would multiply its memory; see :mod:`service.supervisor`)."""
+    """``ABN_WORKERS``, or its default: one per usable core on CPU (affinity and container
+    CPU limit, :func:`usable_cores`), one on CUDA (one model copy per GPU front end would
+    multiply its memory; see :mod:`service.supervisor`)."""
     if settings.workers is not None:
         return settings.workers
     if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
         return 1
-    return len(os.sched_getaffinity(0))
+    return usable_cores()
 
 
 def serve(settings: Settings) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from service.logs import configure_logging
@@ -44,6 +46,20 @@ log = logging.getLogger("service")
 
 BACKLOG = 2048  # pending connections the shared listening socket holds
 POLL_SECONDS = 0.2  # how often the workers are checked while running
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # "<quota> <period>" or "max <period>"
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota (a
+    container's CPU limit, which the affinity does not show), rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(CGROUP_CPU_MAX).read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -66,7 +82,7 @@ def worker_environment(count: int) -> dict[str, str]:
     if not env.get("ABN_FEEDBACK_KEY"):
         env["ABN_FEEDBACK_KEY"] = secrets.token_hex(32)
     if not env.get("ABN_TORCH_THREADS"):  # torch's default, one per core each, oversubscribes
-        env["ABN_TORCH_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // count))
+        env["ABN_TORCH_THREADS"] = str(max(1, usable_cores() // count))
     return env
 
 
