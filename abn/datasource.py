@@ -288,8 +288,9 @@ def load_for_model(
                 f"the --image-folder it was trained on"
             )
         return {s: load_fashion_mnist(s, source.path) for s in splits}
+    root = Path(str(source.path))
+    check_classes(model, folder_classes(folder_layout(root)["train"]), str(root))  # before a split
     classes, files = folder_files(source)
-    check_classes(model, classes, str(source.path))
     every = [f for s in splits for f in files[s]]
     colour = sum(is_colour(path) for path, _ in every) if spec.channels == 1 else 0
     check_channels(source, colour, len(every), spec.channels, f"the model ({geometry})")
