@@ -252,6 +252,7 @@ def load_for_training(
 
 
 def input_record(spec: InputSpec) -> dict:
+    """The input geometry and the normalisation measured on the training split."""
     return {
         "input": {"channels": spec.channels, "height": spec.height, "width": spec.width},
         "mean": list(spec.mean),
@@ -260,6 +261,7 @@ def input_record(spec: InputSpec) -> dict:
 
 
 def fashion_mnist_record(source: DataSource, splits: dict[str, ImageSet]) -> dict:
+    """The record of a Fashion-MNIST model: its IDX directory (None: Debian's) and fixed split."""
     return {
         "source": FASHION_MNIST,
         "path": source.path,
@@ -298,6 +300,7 @@ def load_for_model(
 
 
 def check_classes(model: ModelDirectory, classes: Sequence[str], where: str) -> None:
+    """The same class names in the same order: a label must mean the class it meant in training."""
     if list(classes) != model.classes:
         raise DataSourceError(
             f"the model {model.path} has {len(model.classes)} classes "
