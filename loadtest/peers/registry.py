@@ -112,6 +112,6 @@ class PeerServer(ManagedServer):
         return env
 
     def shell_command(self) -> str:
-        """How to start it by hand (the page prints it)."""
-        args = ["python", "-m", self.peer.module, "--model", str(self.model_dir)]
+        """How to start it by hand (the page prints it), with the interpreter the bench used."""
+        args = [str(self.python), "-m", self.peer.module, "--model", str(self.model_dir)]
         return " ".join([*args, "--port", "8000", *self.options])
