@@ -43,7 +43,8 @@ SUPERNET_HELP = {
     **DATA_HELP,
     "out": "model directory to write (default: a new runs/<name>-<UTC time>); a policy "
     "already there is removed unless the supernet is unchanged",
-    "name": "model name (manifest, /v1/model, metrics); also names the default checkpoints",
+    "name": "model name (manifest, /v1/model, metrics) and of the default --out and "
+    "--checkpoints (default: the image folder's name, else fmnist-abn)",
     "version": "model version string (manifest, /v1/model)",
     "arch": f"network; each expects an input: {architectures_help()}",
     "channels": "input channels, 1 (grayscale) or 3 (RGB) (default: the architecture's); "

@@ -64,7 +64,7 @@ from abn.train.warm_start import warm_start
 @dataclass
 class SupernetTrainConfig:
     out: str | None = None  # default: a new directory runs/<name>-<UTC time>
-    name: str = "fmnist-abn"
+    name: str | None = None  # default: the image folder's name, else fmnist-abn
     version: str = "1.0.0"
     arch: str = "resnet8_fmnist"
     channels: int | None = None  # input channels (1 or 3); default: the architecture's
@@ -106,7 +106,14 @@ class SupernetTrainConfig:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoints or f"runs/{self.name}")
+        return Path(self.checkpoints or f"runs/{self.model_name}")
+
+    @property
+    def model_name(self) -> str:
+        """The model's name: ``--name``, else the image folder's, else the shipped model's."""
+        if self.name:
+            return self.name
+        return Path(self.image_folder).resolve().name if self.image_folder else "fmnist-abn"
 
     def input_geometry(self) -> tuple[int, int]:
         """(channels, size) the network takes: the architecture's unless overridden."""
@@ -372,7 +379,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
         path = cfg.checkpoint_dir / f"rank{ctx.rank}.params.sha256"
         path.write_text(param_digest(net) + "\n")
 
-    out = Path(cfg.out) if cfg.out else default_out(cfg.name)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.model_name)
     if ctx.is_main:
         training = {
             "stage1": {
@@ -385,7 +392,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
         }
         training["stage1"]["bn_calibration"] = calibrate(net, train, input_spec, cfg)
         card = ModelCard(
-            name=cfg.name,
+            name=cfg.model_name,
             version=cfg.version,
             classes=list(train.classes),
             input_spec=input_spec,

@@ -11,7 +11,7 @@ from abn.cli import main
 from abn.errors import CheckpointMismatchError
 from abn.supernet import build_supernet
 from abn.train.common import load_checkpoint, save_checkpoint
-from abn.train.supernet import default_out
+from abn.train.supernet import SupernetTrainConfig, default_out
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -74,3 +74,10 @@ def test_the_default_out_is_a_new_directory_under_runs(
     first.mkdir(parents=True)
     second = default_out("mine")
     assert second != first and not second.exists()
+
+
+def test_the_model_is_named_after_its_image_folder_unless_named() -> None:
+    assert SupernetTrainConfig(image_folder="/data/photos").model_name == "photos"
+    assert SupernetTrainConfig().model_name == "fmnist-abn"
+    assert SupernetTrainConfig(image_folder="/data/photos", name="mine").model_name == "mine"
+    assert SupernetTrainConfig(image_folder="/data/photos").checkpoint_dir == Path("runs/photos")
