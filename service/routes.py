@@ -26,11 +26,12 @@ router = APIRouter()
 
 
 def _readiness(state: ServiceState) -> JSONResponse | Readiness:
-    if state.ready:
+    if state.all_ready:
         return Readiness(status="ready", model=state.model.name if state.model else None)
     err: ServiceError = state.not_ready_error()
+    phase = "warming" if state.phase == "ready" else state.phase  # others still warming
     return JSONResponse(
-        {"error": err.message, "error_type": err.error_type, "status": state.phase},
+        {"error": err.message, "error_type": err.error_type, "status": phase},
         status_code=503,
         headers=err.headers,
     )

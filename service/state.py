@@ -25,6 +25,7 @@ from service.model import ModelLoadError, ServedModel
 from service.multiprocess_metrics import multiprocess_dir
 from service.settings import Settings
 from service.signed_ids import SignedIds
+from service.worker_readiness import WorkerReadiness
 
 log = logging.getLogger("service")
 
@@ -70,6 +71,7 @@ class ServiceState:
         self.default_budget: float = float("inf")
         self.model_ref: dict[str, str] = {}  # the response's "model", built once at load
         self.load_error: str | None = None
+        self.workers = WorkerReadiness.from_environment()  # the server's other processes
 
     # -- lifecycle --------------------------------------------------------------------------
     async def load(self) -> None:
@@ -124,6 +126,7 @@ class ServiceState:
             gc.collect()
             gc.freeze()
             self.phase = "ready"
+            self.workers.mark_ready()
             log.info("ready: %s %s on %s", model.name, model.version, model.device)
         except Exception as err:
             self.phase = "failed"
@@ -163,11 +166,22 @@ class ServiceState:
     def ready(self) -> bool:
         return self.phase == "ready"
 
+    @property
+    def all_ready(self) -> bool:
+        """Ready, and so is every other worker of the server: what ``/readyz`` reports."""
+        return self.ready and self.workers.all_ready()
+
     def not_ready_error(self) -> NotReady | ShuttingDown:
         if self.phase == "draining":
             return ShuttingDown("the server is shutting down; retry on another instance")
         if self.phase == "failed":
             return NotReady(f"the model failed to load: {self.load_error}")
+        if self.phase == "ready":  # this worker is, others are not yet
+            ready, expected = self.workers.count()
+            return NotReady(
+                f"{ready} of {expected} workers are ready; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         return NotReady(f"the model is {self.phase}; retry shortly", headers={"Retry-After": "1"})
 
     def serving(self) -> tuple[ServedModel, BatchingEngine]:

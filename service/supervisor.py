@@ -10,8 +10,9 @@ How: ``abn serve`` checks the settings and the model, then *replaces itself* (``
 module, so the process that keeps the workers holds no torch and no model (a few MiB, where the
 CLI's imports would have kept ~200). It binds the port once; every worker inherits that one
 listening socket (the kernel hands each new connection to whichever worker accepts it first,
-so an idle worker takes it). It makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` for this start, and a
-feedback key when ``ABN_FEEDBACK_KEY`` is unset, and gives both to every worker.
+so an idle worker takes it). It makes a fresh directory for this start, holding the
+``PROMETHEUS_MULTIPROC_DIR`` and the readiness markers (:mod:`service.worker_readiness`), and a
+feedback key when ``ABN_FEEDBACK_KEY`` is unset, and gives them to every worker.
 
 Signals: SIGTERM or SIGINT is passed to every worker, each of which drains as a single server
 does (readiness 503, in-flight requests finished, exit 0); then the metrics directory is
@@ -19,7 +20,8 @@ removed and this process exits 0. A worker that exits while no signal was given 
 failed to load, it crashed) stops the others, and this process exits with that worker's status
 (1 when it died by a signal), so the orchestrator restarts the whole server.
 
-Only the standard library and :mod:`service.logs` are imported here, on purpose.
+Only the standard library, :mod:`service.logs` and :mod:`service.worker_readiness` are
+imported here, on purpose.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.logs import configure_logging
+from service.worker_readiness import EXPECTED_FILE, READY_DIR_VARIABLE
 
 log = logging.getLogger("service")
 
@@ -73,12 +76,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_environment(count: int) -> dict[str, str]:
+def worker_environment(count: int, run_dir: Path) -> dict[str, str]:
     """What every worker adds to this process's environment: one process each, the shared
-    metrics directory and feedback key, and a fair share of the cores for torch."""
+    metrics and readiness directories (in ``run_dir``) and feedback key, and a fair share of
+    the cores for torch."""
     env = dict(os.environ)
     env["ABN_WORKERS"] = "1"
-    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="abn-metrics-")
+    (run_dir / "metrics").mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
+    ready = run_dir / "ready"
+    ready.mkdir()
+    (ready / EXPECTED_FILE).write_text(str(count))
+    env[READY_DIR_VARIABLE] = str(ready)
     if not env.get("ABN_FEEDBACK_KEY"):
         env["ABN_FEEDBACK_KEY"] = secrets.token_hex(32)
     if not env.get("ABN_TORCH_THREADS"):  # torch's default, one per core each, oversubscribes
@@ -100,6 +109,8 @@ class Supervisor:
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "service.worker", "--fd", str(fd)]
         for _ in range(self.count):
+            if self.stopping:  # a signal came during start-up: start no more
+                break
             self.workers.append(subprocess.Popen(command, env=self.env, pass_fds=(fd,)))
         log.info("started %d workers: pids %s", self.count, [w.pid for w in self.workers])
 
@@ -150,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"abn serve: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 2
-    env = worker_environment(args.workers)
+    run_dir = Path(tempfile.mkdtemp(prefix="abn-serve-"))  # this start's; removed at exit
+    env = worker_environment(args.workers, run_dir)
     supervisor = Supervisor(sock, args.workers, env)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, supervisor.on_signal)
@@ -159,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         supervisor.signal_workers(signal.SIGKILL)  # only those still running: none, normally
         sock.close()
-        shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
