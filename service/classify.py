@@ -236,6 +236,7 @@ def _answer(
             for i, p in zip(answer.top_labels, answer.top_probabilities, strict=True)
         ],
         "bit_widths": answer.widths,
+        "first_pass_bit_widths": answer.first_pass_widths,
         "bitops": answer.bitops,
         "budget": budget,
         "policy": "pinned" if pinned is not None else "adaptive",

@@ -67,6 +67,7 @@ class Answer:
     batch_size: int
     top_labels: list[int]  # the TOP_K most probable classes, most probable first
     top_probabilities: list[float]
+    first_pass_widths: list[int] | None  # when the policy re-ran later layers: the first pass
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class _BatchResults:
     finite: list[bool]  # per sample: probabilities and cost are finite
     top_labels: list[list[int]]
     top_probabilities: list[list[float]]
+    first_pass: list[list[int] | None]
 
 
 @dataclass
@@ -321,6 +323,7 @@ class BatchingEngine:
                     len(jobs),
                     out.top_labels[i],
                     out.top_probabilities[i],
+                    out.first_pass[i],
                 )
                 self._finish(job, answer)
             else:
@@ -348,6 +351,9 @@ class BatchingEngine:
         probabilities = out.probabilities
         finite = torch.isfinite(probabilities).all(dim=1) & torch.isfinite(out.bitops)
         top = probabilities.topk(min(TOP_K, probabilities.shape[1]), dim=1)
+        first_pass: list[list[int] | None] = [None] * len(images)
+        if out.first_pass is not None:
+            first_pass = [row if any(row) else None for row in out.first_pass.tolist()]
         return _BatchResults(
             probabilities,
             out.widths.tolist(),
@@ -355,6 +361,7 @@ class BatchingEngine:
             finite.tolist(),
             top.indices.tolist(),
             top.values.tolist(),
+            first_pass,
         )
 
     def _finish(self, job: _Job, outcome: Answer | BaseException | None) -> None:

@@ -38,8 +38,16 @@ class ClassifyResponse(BaseModel):
     class_name: str
     confidence: float = Field(description="top-1 probability")
     top_k: list[TopK]
-    bit_widths: list[int] = Field(description="one per switchable layer, in order")
-    bitops: float = Field(description="what this image cost, <= budget")
+    bit_widths: list[int] = Field(
+        description="one per switchable layer, in order: the configuration that answered"
+    )
+    first_pass_bit_widths: list[int] | None = Field(
+        default=None,
+        description="when the policy's last decision re-ran later layers at another width: "
+        "the first pass's widths (bit_widths then hold the prefix it reused and the re-run); "
+        "null otherwise",
+    )
+    bitops: float = Field(description="what this image cost, every pass included, <= budget")
     budget: float = Field(description="the budget that applied")
     policy: Literal["adaptive", "pinned"]
     latency_ms: float

@@ -159,6 +159,7 @@ def test_health_readiness_model_card_and_openapi(
                 "confidence",
                 "top_k",
                 "bit_widths",
+                "first_pass_bit_widths",
                 "bitops",
                 "budget",
                 "policy",
@@ -198,6 +199,7 @@ def test_classify_answers_as_the_contract_says(
                 "confidence",
                 "top_k",
                 "bit_widths",
+                "first_pass_bit_widths",
                 "bitops",
                 "budget",
                 "policy",
@@ -210,6 +212,7 @@ def test_classify_answers_as_the_contract_says(
             assert len(out["bit_widths"]) == model.num_layers
             assert set(out["bit_widths"]) <= set(model.bit_candidates)
             assert out["bitops"] == model.table.cost(out["bit_widths"]) <= budget
+            assert out["first_pass_bit_widths"] is None  # this policy has no last decision
             assert out["budget"] == budget
             assert float(r.headers["x-bitops-used"]) == out["bitops"]
             assert float(r.headers["x-bitops-budget"]) == budget
