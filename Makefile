@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 APT_PACKAGES := dataset-fashion-mnist
 # prometheus (prometheus, promtool) and docker-compose (1.29): tests/deploy validates the
-# deployment files with them and runs a real Prometheus against a real server.
-TEST_APT_PACKAGES := prometheus docker-compose
+# deployment files with them and runs a real Prometheus against a real server; wrk: the
+# bench's load generator, which tests/loadtest drives in a tiny end-to-end run.
+TEST_APT_PACKAGES := prometheus docker-compose wrk
 
 .PHONY: serve test lint format venv dev-venv system-deps test-deps dashboards bench wheel clean
 
