@@ -106,9 +106,6 @@ class ModelDirectory:
         load_state_strict(policy, self.path / POLICY_FILE)
         return policy.to(device).eval()
 
-    def load_tensors(self, filename: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / filename))
-
 
 def load_state_strict(module: torch.nn.Module, path: Path) -> None:
     """Load a safetensors state dict, refusing missing, unexpected or misshapen tensors with

@@ -153,14 +153,6 @@ def convert_image(image: Image.Image, spec: InputSpec, max_image_pixels: int) ->
             ) from err
 
 
-def decode_image(data: bytes, spec: InputSpec, max_image_pixels: int) -> torch.Tensor:
-    """Encoded bytes to a ``(C, H, W)`` uint8 tensor in the model's geometry.
-
-    Raises :class:`InvalidImage` (400) or :class:`PayloadTooLarge` (413).
-    """
-    return convert_image(open_image(data, max_image_pixels), spec, max_image_pixels)
-
-
 def _too_large(limit: int, what: str) -> str:
     return f"{what}; the limit is {limit} bytes ({limit / 2**20:.3g} MiB); send a smaller image"
 
