@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -115,3 +117,51 @@ def test_model_card_serves_the_baselines(shipped) -> None:
     assert card.bit_candidates == [1, 2, 3, 4, 8]
     assert card.accuracy.baselines is not None
     assert card.accuracy.baselines.confidence_cascade and card.accuracy.baselines.oracle
+
+
+def test_the_shipped_policy_decides_in_sequence_and_spends_more_as_the_budget_grows(
+    shipped,
+) -> None:
+    """More than one decision per image, each at its depth, plus the last decision (stop or
+    re-run); and, in the card's own table, mean BitOps that rise with the budget until the
+    accuracy stops rising."""
+    spec = shipped.manifest["policy"]["spec"]
+    assert len(spec["decision_layers"]) > 1 and spec["escalations"]
+    assert shipped.manifest["policy"]["flops_fraction_of_network_macs"] < 0.01
+    rows = sorted(shipped.manifest["accuracy"]["adaptive"], key=lambda r: r["budget"])
+    best = max(r["accuracy"] for r in rows)
+    for cheaper, dearer in itertools.pairwise(rows):
+        if cheaper["accuracy"] < best - 0.002:  # not saturated yet
+            assert dearer["mean_bitops"] >= cheaper["mean_bitops"] * 0.99, (cheaper, dearer)
+
+
+def test_served_reruns_report_the_first_pass_and_pay_for_both(shipped, test_images) -> None:
+    """Through the serving path: where the policy re-ran later layers, the first pass's widths
+    come back, the answering widths keep its prefix, and the cost is both passes'."""
+    from service.model import ServedModel
+
+    served = ServedModel.load(shipped.path, "cpu")
+    table = served.table
+    budgets = torch.full((SAMPLE,), table.max_bitops, dtype=torch.float64)
+    out = served.infer(test_images.images, budgets, None)
+    assert out.first_pass is not None, "the shipped policy re-ran no image at the top budget"
+    reran = out.first_pass.any(dim=1)
+    assert bool(reran.any())
+    starts = shipped.load_supernet().block_first_layers()
+    rows = zip(out.first_pass[reran].tolist(), out.widths[reran].tolist(), strict=True)
+    for (first, answered), cost in zip(rows, out.bitops[reran].tolist(), strict=True):
+        assert cost <= table.max_bitops
+        # re-run from some block's first layer k at one width: prefix reused, both paid
+        explained = [
+            k
+            for k in starts
+            if answered[:k] == first[:k]
+            and len(set(answered[k:])) == 1
+            and cost
+            == pytest.approx(
+                table.cost(first)
+                + sum(table.layer_cost(i, answered[i]) for i in range(k, len(first)))
+            )
+        ]
+        assert explained, (first, answered, cost)
+    assert bool((out.bitops[~reran] == table.batch_cost(out.widths[~reran])).all())
