@@ -137,14 +137,19 @@ def test_sigterm_drains_every_worker(two_workers: tuple[ServerProcess, Path]) ->
             httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as c,
             httpx.AsyncClient(base_url=server.url, timeout=10) as probe,
         ):
-            sent = [
-                asyncio.create_task(c.post("/classify", content=IMAGES[i % 8], headers=PNG))
-                for i in range(wave)
-            ]
-            end = time.monotonic() + 30
-            while Scrape((await probe.get("/metrics")).text).value("abn_pending_requests") < wave:
-                assert time.monotonic() < end, "the wave never queued"
-                await asyncio.sleep(0.05)
+            # One at a time, each once the last is in: a burst of new connections would all be
+            # accepted by whichever worker woke first; one by one, either may take each.
+            sent = []
+            end = time.monotonic() + 60
+            for i in range(wave):
+                sent.append(
+                    asyncio.create_task(c.post("/classify", content=IMAGES[i % 8], headers=PNG))
+                )
+                while Scrape((await probe.get("/metrics")).text).value(
+                    "abn_pending_requests"
+                ) < len(sent):
+                    assert time.monotonic() < end, "the wave never queued"
+                    await asyncio.sleep(0.02)
             os.kill(server.proc.pid, signal.SIGTERM)
             while (await probe.get("/readyz")).status_code != 503:
                 assert time.monotonic() < end, "readiness never dropped"
