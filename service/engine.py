@@ -256,8 +256,13 @@ class BatchingEngine:
         return [self._queue.popleft() for _ in range(size)]
 
     def _drop_expired(self, batch: list[_Job]) -> list[_Job]:
-        """Jobs worth running: not abandoned by their client and not past their deadline."""
-        now = asyncio.get_running_loop().time()
+        """Jobs worth running: not abandoned by their client and not past their deadline.
+
+        Expiry is judged on ``time.monotonic()``: the loop's clock is cached per iteration at
+        millisecond resolution (uvloop), so a job queued and collected within one tick would
+        look unexpired however short its deadline. Deadlines are set from the loop's clock,
+        which never runs ahead of the monotonic one."""
+        now = time.monotonic()
         live = []
         for job in batch:
             if job.future.done():  # the route gave up (deadline, disconnect)
