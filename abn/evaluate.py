@@ -245,18 +245,18 @@ def _interval(points: list[dict], images: int) -> list[float]:
 def _plot_families(ax, report: dict) -> None:  # noqa: ANN001 (a matplotlib Axes)
     n = report["test_images"]
     families = [
-        ("static_uniform", "mean_bitops", "s--", "tab:gray", "uniform width (static)"),
-        ("static_mixed", "mean_bitops", "o-", "tab:blue", "best static mixed (searched on val)"),
-        ("confidence_cascade", "mean_bitops", "v:", "tab:purple", "confidence cascade (val)"),
-        ("layerwise_cascade", "mean_bitops", "d:", "tab:green", "layer-wise cascade (val)"),
-        ("adaptive", "mean_bitops", "^-", "tab:red", "adaptive policy (mean BitOps)"),
+        ("static_uniform", "s--", "tab:gray", "uniform width (static)"),
+        ("static_mixed", "o-", "tab:blue", "best static mixed (searched on val)"),
+        ("confidence_cascade", "v:", "tab:purple", "confidence cascade (val)"),
+        ("layerwise_cascade", "d:", "tab:green", "layer-wise cascade (val)"),
+        ("adaptive", "^-", "tab:red", "adaptive policy (mean BitOps)"),
     ]
-    for key, x, marker, color, label in families:
+    for key, marker, color, label in families:
         points = report.get(key) or report.get("baselines", {}).get(key, [])
         if not points:
             continue
         ax.errorbar(
-            [p.get(x, p.get("bitops")) for p in points],
+            [p["mean_bitops"] for p in points],
             [100 * p["accuracy"] for p in points],
             yerr=_interval(points, n),
             fmt=marker,

@@ -17,6 +17,9 @@ How a request travels::
   comes first. Under light load every batch is one request and nobody waits; under heavy load
   batches grow by themselves to what arrived during the previous one.
 * Jobs whose deadline has passed, or whose client gave up, are dropped before the batch runs.
+  Request times (arrival, deadline, queueing) are ``time.monotonic()``, not the loop's clock:
+  uvloop caches that per iteration at millisecond resolution, so a job queued and collected
+  within one tick would look unexpired however short its deadline.
 * The batch runs in a single worker thread (:meth:`ServedModel.infer`, layer by layer, samples
   grouped by width), so the event loop keeps accepting and answering while the model works,
   and only one batch uses the model at a time.
@@ -88,8 +91,8 @@ class _Job:
     image: torch.Tensor  # (C, H, W) uint8
     budget: float
     pinned: list[int] | None
-    deadline: float  # loop time
-    enqueued: float  # loop time
+    deadline: float  # time.monotonic()
+    enqueued: float  # time.monotonic()
     future: asyncio.Future[Answer]
     request_id: str = ""
 
@@ -194,7 +197,7 @@ class BatchingEngine:
             float(budget),
             None if pinned is None else list(pinned),
             deadline,
-            loop.time(),
+            time.monotonic(),
             loop.create_future(),
             request_id,
         )
@@ -243,7 +246,7 @@ class BatchingEngine:
         while (
             in_model is not None and not in_model.done() and len(self._queue) < self.max_batch_size
         ):
-            remaining = close_at - loop.time()
+            remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
             self._wakeup.clear()
@@ -256,12 +259,7 @@ class BatchingEngine:
         return [self._queue.popleft() for _ in range(size)]
 
     def _drop_expired(self, batch: list[_Job]) -> list[_Job]:
-        """Jobs worth running: not abandoned by their client and not past their deadline.
-
-        Expiry is judged on ``time.monotonic()``: the loop's clock is cached per iteration at
-        millisecond resolution (uvloop), so a job queued and collected within one tick would
-        look unexpired however short its deadline. Deadlines are set from the loop's clock,
-        which never runs ahead of the monotonic one."""
+        """Jobs worth running: not abandoned by their client and not past their deadline."""
         now = time.monotonic()
         live = []
         for job in batch:
@@ -281,7 +279,7 @@ class BatchingEngine:
 
     async def _execute(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.monotonic()
         if self.metrics is not None:
             for job in jobs:
                 self.metrics.queue_duration.observe(started - job.enqueued)
@@ -357,8 +355,9 @@ class BatchingEngine:
         finite = torch.isfinite(probabilities).all(dim=1) & torch.isfinite(out.bitops)
         top = probabilities.topk(min(TOP_K, probabilities.shape[1]), dim=1)
         first_pass: list[list[int] | None] = [None] * len(images)
-        if out.first_pass is not None:
-            first_pass = [row if any(row) else None for row in out.first_pass.tolist()]
+        if out.first_pass is not None and out.reran is not None:
+            rows = zip(out.first_pass.tolist(), out.reran.tolist(), strict=True)
+            first_pass = [row if reran else None for row, reran in rows]
         return _BatchResults(
             probabilities,
             out.widths.tolist(),

@@ -49,7 +49,7 @@ log = logging.getLogger("service")
 
 REQUEST_ID_KEY = "abn.request_id"  # the id; a route may replace a generated one (signed)
 GENERATED_ID_KEY = "abn.request_id_generated"  # True when the client sent no X-Request-ID
-ARRIVAL_KEY = "abn.arrival"  # event-loop time the request arrived
+ARRIVAL_KEY = "abn.arrival"  # time.monotonic() when the request arrived
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
 _REQUEST_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
@@ -88,7 +88,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         clock = time.perf_counter()
-        arrival = asyncio.get_running_loop().time()
+        arrival = time.monotonic()  # the request clock (see service.engine)
         scope[ARRIVAL_KEY] = arrival
         given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
         valid = len(given) == 0 or (

@@ -49,9 +49,8 @@ class BatchOutput:
     probabilities: torch.Tensor  # (N, classes) float32
     widths: torch.Tensor  # (N, L) int64, one width per switchable layer: what answered
     bitops: torch.Tensor  # (N,) float64, every pass included
-    # (N, L) int64, the first pass's widths where the policy's last decision re-ran later
-    # layers, a row of zeros where it did not; None when no image of the batch was re-run
-    first_pass: torch.Tensor | None = None
+    first_pass: torch.Tensor | None = None  # (N, L) int64 first-pass widths, when there was one
+    reran: torch.Tensor | None = None  # (N,) bool: which images the last decision re-ran
 
 
 class ServedModel:
@@ -179,15 +178,15 @@ class ServedModel:
                 pinned=None if pinned is None else pinned.to(self.device),
             )
             probabilities = torch.softmax(result.logits.float(), dim=1)
-            first_pass = None
-            if result.escalation is not None and bool((result.escalation > 0).any()):
-                reran = (result.escalation > 0)[:, None]
-                first_pass = torch.where(reran, result.first_pass, 0).long().cpu()
+            first_pass = reran = None
+            if result.escalation is not None:
+                first_pass, reran = result.first_pass.long().cpu(), (result.escalation > 0).cpu()
             return BatchOutput(
                 probabilities.cpu(),
                 result.widths.long().cpu(),
                 result.bitops.double().cpu(),
                 first_pass,
+                reran,
             )
 
     def warm_up(self, max_batch_size: int) -> None:

@@ -494,11 +494,16 @@ def test_a_tampered_truncated_or_missing_model_is_a_clear_error(
         assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
 
 
-def test_a_model_that_fails_while_loading_stops_the_server(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_that_fails_while_loading_stops_the_server(
+    tiny_model_dir: Path, workers: str
+) -> None:
+    """One process, or a supervisor whose worker cannot load its model: exit 1, one line."""
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA to make the load fail")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-    env.update({"ABN_DEVICE": "cuda", "ABN_LOG_LEVEL": "warning", "ABN_PORT": str(free_port())})
+    env.update(ABN_DEVICE="cuda", ABN_LOG_LEVEL="warning", ABN_WORKERS=workers)
+    env["ABN_PORT"] = str(free_port())
     result = subprocess.run(
         [*abn_command(), "serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1"],
         capture_output=True,
