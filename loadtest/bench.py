@@ -46,7 +46,7 @@ from loadtest.machine import machine_info, usable_cores
 from loadtest.peers.registry import JSON_BASE64, PEERS, PNG, PeerServer, parse_peers
 from loadtest.peers.venv import PeerEnvironmentError, ensure_environment, missing_modules
 from loadtest.plots import plot_report
-from loadtest.proctree import snapshot, tree_peak_rss_mib, usage_between
+from loadtest.proctree import snapshot, tree_memory_mib, usage_between
 from loadtest.report import build_report, summarize_run
 from loadtest.runner import LoadConfig, fetch_card, make_client, run_async, run_load
 from loadtest.server import ManagedServer, parse_settings
@@ -195,7 +195,7 @@ class Bench:
             del self.peer_python[name]
 
     def _keep_peak(self, name: str, server: ManagedServer) -> None:
-        peak = tree_peak_rss_mib(server.pid)
+        peak = tree_memory_mib(server.pid, "VmHWM")
         if peak is not None:
             self.peak_rss[name] = max(peak, self.peak_rss.get(name) or 0.0)
 

@@ -86,8 +86,9 @@ def usage_between(before: Snapshot, after: Snapshot) -> TreeUsage:
     return TreeUsage(used, after.at - before.at, len(after.cpu))
 
 
-def tree_peak_rss_mib(root: int) -> float | None:
-    """Sum of ``VmHWM`` over the tree alive now, in MiB; ``None`` when ``root`` is gone."""
-    peaks = [proc_status_kib(pid, "VmHWM") for pid in process_tree(root)]
-    known = [kib for kib in peaks if kib is not None]
+def tree_memory_mib(root: int, field: str) -> float | None:
+    """Sum of ``field`` (``VmRSS`` now, ``VmHWM`` each process's peak) over the tree alive now,
+    in MiB; ``None`` when ``root`` is gone."""
+    readings = [proc_status_kib(pid, field) for pid in process_tree(root)]
+    known = [kib for kib in readings if kib is not None]
     return sum(known) / 1024.0 if known else None

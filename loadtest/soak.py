@@ -4,8 +4,9 @@ A leak or a slowly filling structure (a cache, a metrics label set, the feedback
 not show in a 20-second benchmark; it shows as resident memory that keeps climbing over half
 an hour. This script runs the load generator in back-to-back windows (default: 30 windows of
 60 s, open loop at 20 req/s), and after each window records the server's resident memory
-(VmRSS and VmHWM of ``/proc/<pid>/status``) and that window's latency percentiles. At the end:
-a PNG of both curves, the samples as JSON, a short Markdown page and a verdict.
+(VmRSS and VmHWM of ``/proc/<pid>/status``, summed over the server's processes) and that
+window's latency percentiles. At the end: a PNG of both curves, the samples as JSON, a short
+Markdown page and a verdict.
 
 The verdict is a least-squares line through the resident memory of every window after the
 first ``--skip`` fraction of the run (allocators and caches grow to their working set first):
@@ -34,7 +35,8 @@ import numpy as np
 
 from abn.errors import DatasetNotFoundError
 from abn.store import DEFAULT_MODEL_DIR
-from loadtest.machine import machine_info, proc_status_kib
+from loadtest.machine import machine_info
+from loadtest.proctree import tree_memory_mib
 from loadtest.report import error_key, latency_ms
 from loadtest.runner import LoadConfig, fetch_card, make_client, run_async, run_load, wait_ready
 from loadtest.server import ManagedServer, parse_settings
@@ -83,11 +85,12 @@ def memory_verdict(
 
 
 def rss_of(pid: int | None) -> tuple[float | None, float | None]:
-    """(VmRSS, VmHWM) of ``pid`` in MiB."""
+    """(VmRSS, VmHWM) in MiB summed over ``pid`` and every process it started: with
+    ``ABN_WORKERS`` the server's first process is a small supervisor and the models live in its
+    worker processes, so the first process alone would watch the wrong memory."""
     if pid is None:
         return None, None
-    rss, hwm = proc_status_kib(pid, "VmRSS"), proc_status_kib(pid, "VmHWM")
-    return (None if rss is None else rss / 1024, None if hwm is None else hwm / 1024)
+    return tree_memory_mib(pid, "VmRSS"), tree_memory_mib(pid, "VmHWM")
 
 
 async def soak(args: argparse.Namespace, url: str, pid: int | None) -> dict[str, Any]:

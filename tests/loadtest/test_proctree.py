@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from loadtest.machine import proc_status_kib
-from loadtest.proctree import process_tree, snapshot, tree_peak_rss_mib, usage_between
+from loadtest.proctree import process_tree, snapshot, tree_memory_mib, usage_between
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux /proc only")
 
@@ -74,15 +74,16 @@ def test_the_cpu_of_a_grandchild_counts_for_the_root(parent: subprocess.Popen[by
     assert usage.cores == pytest.approx(usage.cpu_seconds / usage.wall_seconds)
 
 
-def test_peak_memory_is_the_sum_over_the_tree(parent: subprocess.Popen[bytes]) -> None:
+@pytest.mark.parametrize("field", ["VmHWM", "VmRSS"])
+def test_memory_is_the_sum_over_the_tree(parent: subprocess.Popen[bytes], field: str) -> None:
     tree = _wait_for_tree(parent.pid, 2)
     _let_the_child_spin(parent)  # then both sleep: their memory stays put
-    peaks = [proc_status_kib(pid, "VmHWM") for pid in tree]
-    total = tree_peak_rss_mib(parent.pid)
+    peaks = [proc_status_kib(pid, field) for pid in tree]
+    total = tree_memory_mib(parent.pid, field)
     assert total is not None and all(p is not None for p in peaks)
     assert total == pytest.approx(sum(p for p in peaks if p) / 1024.0, rel=0.05)
 
 
 def test_a_gone_process_has_no_tree() -> None:
     assert process_tree(2**22 + 12345) == []
-    assert tree_peak_rss_mib(2**22 + 12345) is None
+    assert tree_memory_mib(2**22 + 12345, "VmRSS") is None
