@@ -12,6 +12,12 @@ real Prometheus scraping a real ``abn serve``.
 Queries use Grafana's ``$__rate_interval`` (short windows that follow the zoom) and
 ``$__range`` (the whole time range, for tables and totals). Series come from the Prometheus
 job ``abn-serve`` (deploy/prometheus/*.yml), and metric names are the service's contract.
+
+Three template variables make one dashboard serve every Prometheus: ``datasource`` (any
+Prometheus data source; every panel and query uses it), ``namespace`` and ``pod`` (from the
+labels Kubernetes scraping adds; every series selector is filtered by both). Both include
+"All" with the value ``.*``, which also matches series that have no such label at all, so the
+compose stack, whose Prometheus adds neither, shows everything with the defaults.
 """
 
 from __future__ import annotations
@@ -34,16 +40,70 @@ from grafana_foundation_sdk.models.dashboard import (
     DataTransformerConfig,
     Threshold,
     ThresholdsMode,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
-# The datasource uid provisioned by deploy/grafana/provisioning/datasources/prometheus.yaml.
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
+# The data source variable's default: the uid provisioned by
+# deploy/grafana/provisioning/datasources/prometheus.yaml (compose.yaml's Prometheus).
+PROVISIONED_DATASOURCE_UID = "prometheus"
+# Every panel and query asks the data source the `datasource` variable names.
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 JOB = "abn-serve"
 RATE = "$__rate_interval"
 RANGE = "$__range"
 CLASSIFY = 'route="/classify"'
+WIDTHS = "abn_layer_width_selections_total"
+UTILIZATION_BUCKET = "abn_budget_utilization_ratio_bucket"
+# "All" of the namespace and pod variables: a regex that also matches an absent label.
+ALL = ".*"
+# The matchers every series selector carries (see `series`).
+SCOPE = ('namespace=~"$namespace"', 'pod=~"$pod"')
+
+
+def series(metric: str, *matchers: str, **equal: str) -> str:
+    """A selector of ``metric`` restricted to the chosen namespace and pod, plus ``matchers``
+    (PromQL text) and ``equal`` (label="value")."""
+    every = (*SCOPE, *matchers, *(f'{label}="{value}"' for label, value in equal.items()))
+    return f"{metric}{{{', '.join(every)}}}"
+
+
+def scope_variables() -> list[Any]:
+    """The data source, namespace and pod variables, in the order Grafana shows them.
+
+    The pod list follows the chosen namespace. Values come from ``up`` of the abn-serve job,
+    which exists for every discovered replica, serving or not.
+    """
+    all_option = VariableOption(selected=True, text="All", value="$__all")
+    datasource = (
+        dashboard.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(VariableOption(selected=True, text="Prometheus", value=PROVISIONED_DATASOURCE_UID))
+    )
+    up = f'up{{job="{JOB}"}}'
+    namespace = label_variable("namespace", "Namespace", f"label_values({up}, namespace)")
+    pod_up = f'up{{job="{JOB}", namespace=~"$namespace"}}'
+    pod = label_variable("pod", "Pod", f"label_values({pod_up}, pod)")
+    return [datasource, namespace.current(all_option), pod.current(all_option)]
+
+
+def label_variable(name: str, label: str, query: str) -> dashboard.QueryVariable:
+    """A multi-value variable of a label's values, with "All" meaning any value or none."""
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(ALL)
+    )
 
 
 @dataclass(frozen=True)
@@ -56,23 +116,23 @@ class Query:
     fmt: PromQueryFormat | None = None
 
 
-def quantile(q: float, metric: str, selector: str = "") -> str:
-    """The q-quantile of a histogram across every replica, over the panel's rate window."""
-    return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+def quantile(q: float, metric: str, *matchers: str) -> str:
+    """The q-quantile of a histogram across every chosen replica, over the rate window."""
+    bucket = series(f"{metric}_bucket", *matchers)
+    return f"histogram_quantile({q}, sum by (le) (rate({bucket}[{RATE}])))"
 
 
-def mean(metric: str, selector: str = "") -> str:
+def mean(metric: str, *matchers: str) -> str:
     """The mean of a histogram's observations over the rate window (sum / count)."""
-    sel = f"{{{selector}}}" if selector else ""
-    return f"sum(rate({metric}_sum{sel}[{RATE}])) / sum(rate({metric}_count{sel}[{RATE}]))"
+    total, count = series(f"{metric}_sum", *matchers), series(f"{metric}_count", *matchers)
+    return f"sum(rate({total}[{RATE}])) / sum(rate({count}[{RATE}]))"
 
 
-def ratio_of_requests(status_matchers: str) -> str:
+def ratio_of_requests(*status_matchers: str) -> str:
     """Share of /classify answers whose status code matches (0, not nothing, when none)."""
-    return (
-        f"(sum(rate(abn_requests_total{{{CLASSIFY}, {status_matchers}}}[{RATE}])) "
-        f"or vector(0)) / sum(rate(abn_requests_total{{{CLASSIFY}}}[{RATE}]))"
-    )
+    matching = series("abn_requests_total", CLASSIFY, *status_matchers)
+    every = series("abn_requests_total", CLASSIFY)
+    return f"(sum(rate({matching}[{RATE}])) or vector(0)) / sum(rate({every}[{RATE}]))"
 
 
 def target(query: Query, ref_id: str) -> prometheus.Dataquery:
@@ -165,7 +225,7 @@ def heatmap_panel(title: str, description: str, metric: str, unit: str) -> heatm
         .cell_values(heatmap.CellValues().unit("short"))
     )
     query = Query(
-        f"sum by (le) (increase({metric}_bucket[{RATE}]))",
+        f"sum by (le) (increase({series(f'{metric}_bucket')}[{RATE}]))",
         legend="{{le}}",
         fmt=PromQueryFormat.HEATMAP,
     )
@@ -231,6 +291,8 @@ def service_dashboard() -> dashboard.Dashboard:
         .refresh("10s")
         .timezone("browser")
     )
+    for variable in scope_variables():
+        d = d.with_variable(variable)
 
     d = d.with_row(dashboard.Row("Traffic"))
     d = d.with_panel(
@@ -243,7 +305,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "draining or over ABN_LIMIT_CONCURRENCY; 504 deadline passed.",
             [
                 Query(
-                    f"sum by (status_code) (rate(abn_requests_total{{{CLASSIFY}}}[{RATE}]))",
+                    f"sum by (status_code) "
+                    f"(rate({series('abn_requests_total', CLASSIFY)}[{RATE}]))",
                     legend="{{status_code}}",
                 )
             ],
@@ -258,7 +321,7 @@ def service_dashboard() -> dashboard.Dashboard:
             "arriving, are probes and scrapes hitting the replicas?",
             [
                 Query(
-                    f"sum by (route) (rate(abn_requests_total[{RATE}]))",
+                    f"sum by (route) (rate({series('abn_requests_total')}[{RATE}]))",
                     legend="{{route}}",
                 )
             ],
@@ -278,7 +341,7 @@ def service_dashboard() -> dashboard.Dashboard:
                 Query(ratio_of_requests('status_code="429"'), legend="429 (queue full)"),
                 Query(ratio_of_requests('status_code="499"'), legend="499 (client left)"),
                 Query(
-                    ratio_of_requests('status_code=~"4..", status_code!~"429|499"'),
+                    ratio_of_requests('status_code=~"4.."', 'status_code!~"429|499"'),
                     legend="other 4xx",
                 ),
             ],
@@ -295,7 +358,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "and the answer. The p99 alert fires above 500 ms.",
             [
                 Query(
-                    quantile(q, "abn_request_duration_seconds", CLASSIFY), legend=f"p{int(q * 100)}"
+                    quantile(q, "abn_request_duration_seconds", CLASSIFY),
+                    legend=f"p{int(q * 100)}",
                 )
                 for q in (0.5, 0.95, 0.99)
             ],
@@ -353,8 +417,11 @@ def service_dashboard() -> dashboard.Dashboard:
             "per-pod average near its target (deploy/k8s/hpa.yaml); ABN_MAX_QUEUE_SIZE more "
             "waiting are answered 429.",
             [
-                Query("sum(abn_pending_requests)", legend="all replicas"),
-                Query("sum by (instance) (abn_pending_requests)", legend="{{instance}}"),
+                Query(f"sum({series('abn_pending_requests')})", legend="all replicas"),
+                Query(
+                    f"sum by (instance) ({series('abn_pending_requests')})",
+                    legend="{{instance}}",
+                ),
             ],
             "short",
             width=8,
@@ -366,8 +433,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "Throughput of the batching engine: images classified and batches run per "
             "second. Their ratio is the mean batch size.",
             [
-                Query(f"sum(rate(abn_bitops_used_count[{RATE}]))", legend="images/s"),
-                Query(f"sum(rate(abn_batch_size_count[{RATE}]))", legend="batches/s"),
+                Query(f"sum(rate({series('abn_bitops_used_count')}[{RATE}]))", legend="images/s"),
+                Query(f"sum(rate({series('abn_batch_size_count')}[{RATE}]))", legend="batches/s"),
             ],
             "short",
             width=8,
@@ -397,8 +464,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "finds most images easy and saves compute.",
             [
                 Query(
-                    f"sum(rate(abn_bitops_used_sum[{RATE}])) / "
-                    f"sum(rate(abn_bitops_budget_sum[{RATE}]))",
+                    f"sum(rate({series('abn_bitops_used_sum')}[{RATE}])) / "
+                    f"sum(rate({series('abn_bitops_budget_sum')}[{RATE}]))",
                     legend="total used / total budget",
                 ),
                 Query(mean("abn_budget_utilization_ratio"), legend="per image (mean)"),
@@ -417,8 +484,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "(alert ABNBudgetViolation).",
             [
                 Query(
-                    f'sum(increase(abn_budget_utilization_ratio_bucket{{le="+Inf"}}[{RANGE}])) - '
-                    f'sum(increase(abn_budget_utilization_ratio_bucket{{le="1.0"}}[{RANGE}]))',
+                    f"sum(increase({series(UTILIZATION_BUCKET, le='+Inf')}[{RANGE}])) - "
+                    f"sum(increase({series(UTILIZATION_BUCKET, le='1.0')}[{RANGE}]))",
                     legend="violations",
                     instant=True,
                 )
@@ -464,9 +531,9 @@ def service_dashboard() -> dashboard.Dashboard:
             "that stay at high widths are the sensitive ones.",
             [
                 Query(
-                    f"sum by (layer, width) (increase(abn_layer_width_selections_total[{RANGE}])) "
+                    f"sum by (layer, width) (increase({series(WIDTHS)}[{RANGE}])) "
                     f"/ ignoring (width) group_left () "
-                    f"sum by (layer) (increase(abn_layer_width_selections_total[{RANGE}]))",
+                    f"sum by (layer) (increase({series(WIDTHS)}[{RANGE}]))",
                     instant=True,
                     fmt=PromQueryFormat.TABLE,
                 )
@@ -495,8 +562,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "budgets or traffic change.",
             [
                 Query(
-                    f"sum by (width) (rate(abn_layer_width_selections_total[{RATE}])) / "
-                    f"scalar(sum(rate(abn_layer_width_selections_total[{RATE}])))",
+                    f"sum by (width) (rate({series(WIDTHS)}[{RATE}])) / "
+                    f"scalar(sum(rate({series(WIDTHS)}[{RATE}])))",
                     legend="{{width}} bits",
                 )
             ],
@@ -530,13 +597,13 @@ def service_dashboard() -> dashboard.Dashboard:
             "expected: drift or a preprocessing change (alert ABNLiveAccuracyBelowExpected).",
             [
                 Query(
-                    'sum(increase(abn_feedback_total{outcome="correct"}[1h])) '
-                    "/ sum(increase(abn_feedback_total[1h]))",
+                    f"sum(increase({series('abn_feedback_total', outcome='correct')}[1h])) "
+                    f"/ sum(increase({series('abn_feedback_total')}[1h]))",
                     legend="live (feedback)",
                 ),
                 Query(
-                    "sum(increase(abn_expected_accuracy_sum[1h])) "
-                    "/ sum(increase(abn_expected_accuracy_count[1h]))",
+                    f"sum(increase({series('abn_expected_accuracy_sum')}[1h])) "
+                    f"/ sum(increase({series('abn_expected_accuracy_count')}[1h]))",
                     legend="expected (model card)",
                 ),
             ],
@@ -552,7 +619,7 @@ def service_dashboard() -> dashboard.Dashboard:
             "can be trusted (few per hour: wide error bars).",
             [
                 Query(
-                    f"sum by (outcome) (rate(abn_feedback_total[{RATE}]))",
+                    f"sum by (outcome) (rate({series('abn_feedback_total')}[{RATE}]))",
                     legend="{{outcome}}",
                 )
             ],
@@ -570,8 +637,8 @@ def service_dashboard() -> dashboard.Dashboard:
                 Query(mean("abn_prediction_confidence"), legend="mean"),
                 Query(quantile(0.1, "abn_prediction_confidence"), legend="p10"),
                 Query(
-                    f'sum(rate(abn_prediction_confidence_bucket{{le="0.5"}}[{RATE}])) '
-                    f"/ sum(rate(abn_prediction_confidence_count[{RATE}]))",
+                    f"sum(rate({series('abn_prediction_confidence_bucket', le='0.5')}[{RATE}])) "
+                    f"/ sum(rate({series('abn_prediction_confidence_count')}[{RATE}]))",
                     legend="share below 0.5",
                 ),
             ],
@@ -597,7 +664,7 @@ def service_dashboard() -> dashboard.Dashboard:
             "serving each. Two rows during a rollout; one afterwards.",
             [
                 Query(
-                    "count by (model_name, model_version, device) (abn_model_info)",
+                    f"count by (model_name, model_version, device) ({series('abn_model_info')})",
                     instant=True,
                     fmt=PromQueryFormat.TABLE,
                 )
@@ -624,8 +691,8 @@ def service_dashboard() -> dashboard.Dashboard:
             "Replicas whose /metrics Prometheus reached at the last scrape, out of those it "
             "discovered. Fewer up than discovered: a replica is down (alert ABNTargetDown).",
             [
-                Query(f'sum(up{{job="{JOB}"}})', legend="up", instant=True),
-                Query(f'count(up{{job="{JOB}"}})', legend="discovered", instant=True),
+                Query(f"sum({series('up', job=JOB)})", legend="up", instant=True),
+                Query(f"count({series('up', job=JOB)})", legend="discovered", instant=True),
             ],
             "short",
             thresholds((None, "red"), (1, "green")),

@@ -6,7 +6,10 @@ temporary directory, the project's alert rules loaded). After one scrape of the 
 traffic goes in: classifications at random budgets (adaptive and pinned, concurrent so they
 batch), feedback (correct and incorrect), and client errors. Then every PromQL expression of
 every panel of the generated dashboards runs through Prometheus' HTTP API, as Grafana would
-run it, until each returns a finite value. Both processes are started and stopped by PID.
+run it, until each returns a finite value: with the dashboard's namespace and pod variables at
+"All" (``.*``), as in compose, whose Prometheus adds neither label. With a pod that does not
+exist, no panel has data: every query is filtered by the variables. Both processes are started
+and stopped by PID.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ JOB = "abn-serve"
 # What Grafana substitutes for its interval variables, sized for a 1 s scrape interval:
 # windows long enough to span the traffic, short enough that the traffic dominates them.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$__interval": "1s"}
+# The dashboard's own variables at "All" (their allValue), as a fresh dashboard opens.
+ALL_PODS = {"$namespace": ".*", "$pod": ".*"}
 POLL_SECONDS = 40.0
 
 
@@ -118,15 +123,16 @@ def scrape_config_for_test(abn_port: int, prometheus_port: int, rules: list[str]
     return config
 
 
-def panel_queries() -> list[tuple[str, str, bool]]:
-    """(panel title, PromQL with Grafana's variables substituted, instant?) of every target."""
+def panel_queries(scope: dict[str, str]) -> list[tuple[str, str, bool]]:
+    """(panel title, PromQL with Grafana's variables substituted, instant?) of every target;
+    ``scope``: the values of the namespace and pod variables."""
     out = []
     for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
             for inner in [panel, *panel.get("panels", [])]:
                 for t in inner.get("targets", []):
                     expr = t["expr"]
-                    for variable, value in GRAFANA_VARIABLES.items():
+                    for variable, value in {**GRAFANA_VARIABLES, **scope}.items():
                         expr = expr.replace(variable, value)
                     assert "$" not in expr, f"{inner['title']}: unsubstituted variable in {expr}"
                     out.append((inner["title"], expr, bool(t.get("instant"))))
@@ -239,7 +245,7 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
     stack: tuple[str, str, list[Process]],
 ) -> None:
     abn, prom, processes = stack
-    queries = panel_queries()
+    queries = panel_queries(ALL_PODS)
     assert len(queries) >= 20
 
     def ready() -> bool:
@@ -295,6 +301,10 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         wait_until("panels without data", every_panel_has_data, processes, POLL_SECONDS)
     except TimeoutError as err:
         raise AssertionError("no data for:\n" + "\n".join(missing)) from err
+
+    # Another pod chosen: every panel is empty (none shows the only replica's data).
+    for title, expr, instant in panel_queries({"$namespace": ".*", "$pod": "no-such-pod"}):
+        assert not finite(query(expr) if instant else query_range(expr)), (title, expr)
 
     # The project's alert rules, loaded by the real Prometheus, evaluate without error on the
     # real series, and none fires on this healthy traffic: ABNBudgetViolation, which fires at

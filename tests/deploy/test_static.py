@@ -57,14 +57,25 @@ def load_generator() -> ModuleType:
     return module
 
 
+def dashboards() -> list[dict]:
+    """Every committed dashboard, parsed."""
+    paths = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def dashboard_panels() -> list[dict]:
+    """Every panel of every committed dashboard, the panels of collapsed rows included."""
+    return [
+        inner
+        for board in dashboards()
+        for panel in board["panels"]
+        for inner in [panel, *panel.get("panels", [])]
+    ]
+
+
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, expr) of every target of every committed dashboard."""
-    out = []
-    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for inner in [panel, *panel.get("panels", [])]:
-                out.extend((inner["title"], t["expr"]) for t in inner.get("targets", []))
-    return out
+    return [(p["title"], t["expr"]) for p in dashboard_panels() for t in p.get("targets", [])]
 
 
 def rule_exprs() -> list[tuple[str, str]]:
@@ -292,14 +303,50 @@ def test_no_dashboard_or_rule_queries_a_deprecated_metric() -> None:
         assert "abn_layer_bits_total" not in expr, f"{name} still queries abn_layer_bits_total"
 
 
+def test_dashboards_have_datasource_namespace_and_pod_variables() -> None:
+    """Any Prometheus, any namespace and pod; "All" (`.*`) also matches series without the
+    labels, as compose's Prometheus scrapes them."""
+    for board in dashboards():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert list(variables) == ["datasource", "namespace", "pod"]
+        datasource = variables["datasource"]
+        assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
+        for name in ("namespace", "pod"):
+            variable = variables[name]
+            assert variable["type"] == "query"
+            assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert re.fullmatch(
+                rf'label_values\(up\{{job="abn-serve".*\}}, {name}\)', variable["query"]
+            )
+            assert variable["includeAll"] and variable["allValue"] == ".*"
+            assert variable["current"]["value"] == "$__all"
+        assert 'namespace=~"$namespace"' in variables["pod"]["query"]  # pods of the namespace
+
+
+def test_every_panel_query_uses_the_variables() -> None:
+    """Every panel and target asks the chosen data source, and every series selector is
+    restricted to the chosen namespace and pod."""
+    panels = [p for p in dashboard_panels() if p["type"] != "row"]
+    assert panels
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for t in panel["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", panel["title"]
+            selectors = re.findall(r"\b(abn_\w+|up)\b(\{[^}]*\})?", t["expr"])
+            assert selectors, (panel["title"], t["expr"])
+            for metric, matchers in selectors:
+                for matcher in ('namespace=~"$namespace"', 'pod=~"$pod"'):
+                    assert matcher in matchers, (panel["title"], metric, t["expr"])
+
+
 def test_grafana_provisioning_points_at_the_dashboards() -> None:
     provisioning = DEPLOY / "grafana" / "provisioning"
     datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
     uids = {d["uid"] for d in datasources["datasources"]}
-    for path in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
-        for panel in json.loads(path.read_text())["panels"]:
-            for t in panel.get("targets", []):
-                assert t["datasource"]["uid"] in uids
+    for board in dashboards():  # the variable's default is compose's provisioned Prometheus
+        (datasource,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+        assert datasource["current"]["value"] in uids
     providers = yaml.safe_load((provisioning / "dashboards" / "abn-serve.yaml").read_text())
     compose = (ROOT / "compose.yaml").read_text()
     for provider in providers["providers"]:
