@@ -21,8 +21,8 @@ from abn.bitops import CostTable, cost_table
 from abn.data import ImageSet, iterate_batches
 from abn.datasource import load_for_model
 from abn.latency import latency_markdown, measure_latency
-from abn.policy import WidthPolicy, rollout
-from abn.preprocess import InputSpec, normalize
+from abn.policy import CompiledPolicy, WidthPolicy
+from abn.preprocess import InputSpec, Normalizer, normalize
 from abn.store import open_model_dir, update_manifest
 from abn.supernet import Supernet
 
@@ -58,9 +58,7 @@ def static_accuracy(
 
 @torch.no_grad()
 def adaptive_accuracy(
-    net: Supernet,
-    table: CostTable,
-    policy: WidthPolicy | None,
+    compiled: CompiledPolicy,
     data: ImageSet,
     input_spec: InputSpec,
     budget: float,
@@ -68,11 +66,11 @@ def adaptive_accuracy(
 ) -> dict:
     """Accuracy, mean BitOps and budget violations of the policy at one budget, and (under
     ``"correct"``, a tensor to pop before writing JSON) each image's correctness."""
-    device = next(net.parameters()).device
+    normalizer = Normalizer.for_spec(input_spec, compiled.device)
     correct, spent, violations, widths, reruns = [], [], 0, [], 0
     for images, labels in iterate_batches(data, batch_size, shuffle=False):
         budgets = torch.full((images.shape[0],), budget, dtype=torch.float64)
-        r = rollout(net, table, normalize(images.to(device), input_spec), budgets, policy)
+        r = compiled.rollout(normalizer(images.to(compiled.device)), budgets)
         correct.append(r.logits.argmax(1).cpu() == labels)
         spent.append(r.bitops.cpu())
         violations += int((r.bitops.cpu() > budgets).sum())
@@ -567,9 +565,10 @@ def add_adaptive(
     """The policy at every budget, on test and validation, against every baseline."""
     net, table, spec = suite.net, suite.table, suite.spec
     budgets = budgets_across(table, opts.budgets)
+    compiled = CompiledPolicy(net, table, policy, next(net.parameters()).device)
     runs = {
         split: [
-            adaptive_accuracy(net, table, policy, suite.splits[split], spec, b)
+            adaptive_accuracy(compiled, suite.splits[split], spec, b)
             for b in tqdm(budgets, desc=f"adaptive budgets ({split})")
         ]
         for split in ("test", "val")

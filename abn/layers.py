@@ -8,7 +8,7 @@ that run the same module at different widths (see :func:`run_grouped`).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,23 @@ FIXED_BITS = 8  # stem and classifier, unless a spec says otherwise (the FP32 re
 
 
 BN_MODES = ("transitional", "per_width", "shared")
+
+Widths = int | torch.Tensor  # one width for a whole batch, or one per sample
+# the same, read to the host: what a network run hands its layers, so that grouping samples by
+# width and looking up BN pairs need no device-to-host copy (a sync on a GPU) of their own
+HostWidths = int | tuple[int, ...]
+
+
+def host_widths(widths: Widths | HostWidths) -> HostWidths:
+    """``widths`` on the host: one device-to-host copy for a tensor, none for the rest."""
+    if isinstance(widths, torch.Tensor):
+        return int(widths.item()) if widths.dim() == 0 else tuple(widths.tolist())
+    return widths
+
+
+def widths_of_rows(widths: HostWidths, rows: Sequence[int]) -> HostWidths:
+    """The widths of the samples ``rows`` (one width for all stays one width)."""
+    return widths if isinstance(widths, int) else tuple(widths[r] for r in rows)
 
 
 class TransitionalBatchNorm2d(nn.Module):
@@ -99,24 +116,30 @@ class TransitionalBatchNorm2d(nn.Module):
             self.check_seen(bn, in_bits, bits)
         return bn(x)
 
-    def pair_index(self, in_bits: int | torch.Tensor, bits: int) -> int | torch.Tensor:
-        """Row of :meth:`affine_table` for each sample (``in_bits`` an int or one per sample).
-
-        One int when every sample has the same feeder width (one row broadcast over the group),
-        else a tensor of rows. The widths are read to the host
-        once: for a server's batch sizes that is cheaper than checking them on the device, and
-        an unknown width is refused rather than gathered from another pair's row.
-        """
-        own = self.bit_candidates.index(bits)
-        values = [in_bits] if isinstance(in_bits, int) else in_bits.tolist()
-        distinct = set(values)
-        unknown = distinct - self._first_row.keys()
+    def check_input_widths(self, in_bits: HostWidths) -> None:
+        """Refuse a feeder width this layer has no BN pairs for, rather than gather another
+        pair's row. A network run never needs it (its feeder widths are the previous layer's,
+        checked there); a caller of the layer itself does."""
+        values = {in_bits} if isinstance(in_bits, int) else set(in_bits)
+        unknown = values - self._first_row.keys()
         if unknown:
             raise UnknownBitWidthError(min(unknown), self.input_widths, f"the input of {self.name}")
-        if len(distinct) == 1:
-            return self._first_row[values[0]] + own
-        rows = [self._first_row[v] + own for v in values]
-        return torch.tensor(rows, device=in_bits.device)
+
+    def pair_index(
+        self, in_bits: HostWidths, bits: int, device: torch.device | None = None
+    ) -> int | torch.Tensor:
+        """Row of :meth:`affine_table` for each sample (``in_bits`` checked, on the host).
+
+        One int when every sample has the same feeder width (one row broadcast over the group),
+        else a tensor of rows on ``device``, built from the host copy the run already holds: no
+        device-to-host copy here.
+        """
+        own = self.bit_candidates.index(bits)
+        if isinstance(in_bits, int):
+            return self._first_row[in_bits] + own
+        if len(set(in_bits)) == 1:
+            return self._first_row[in_bits[0]] + own
+        return torch.tensor([self._first_row[v] + own for v in in_bits], device=device)
 
     @torch.no_grad()
     def affine_table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,9 +168,6 @@ def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
     if high == 0:  # full precision
         return x
     return torch.clamp(x / step, 0, high).round_().mul_(step)
-
-
-Widths = int | torch.Tensor  # one width for a whole batch, or one per sample
 
 
 class SwitchableConvBN(nn.Module):
@@ -200,10 +220,20 @@ class SwitchableConvBN(nn.Module):
             raise UnknownBitWidthError(bits, self.bit_candidates, self.name)
         return value
 
-    def forward(self, x: torch.Tensor, bits: int, in_bits: Widths) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bits: int, in_bits: Widths | HostWidths, checked: bool = False
+    ) -> torch.Tensor:
         """``x`` through the layer at ``bits``; ``in_bits`` is the width of the layer that
-        produced ``x``, one int or one per sample (it picks the BN pair)."""
-        bits = self.check_bits(bits)
+        produced ``x``, one int or one per sample (it picks the BN pair).
+
+        Both are checked here unless ``checked``: a network run checks each layer's widths once,
+        where they enter it, and hands them over on the host; a caller of the layer itself
+        gets them checked (and read to the host) here.
+        """
+        if not checked:
+            bits = self.check_bits(bits)
+            in_bits = host_widths(in_bits)
+            self.bn.check_input_widths(in_bits)
         if self._folded is not None and not self.training:
             return self._folded.run(x, bits, in_bits, self.stride, self.padding)
         xq = self.act_quantizer(x, bits)
@@ -250,11 +280,11 @@ class _FoldedConv:
     bn: TransitionalBatchNorm2d  # for pair_index
 
     def run(
-        self, x: torch.Tensor, bits: int, in_bits: Widths, stride: int, padding: int
+        self, x: torch.Tensor, bits: int, in_bits: HostWidths, stride: int, padding: int
     ) -> torch.Tensor:
         step, high = self.steps[bits]
         y = F.conv2d(quantize_unsigned(x, step, high), self.weights[bits], None, stride, padding)
-        row = self.bn.pair_index(in_bits, bits)
+        row = self.bn.pair_index(in_bits, bits, y.device)
         if isinstance(row, int):
             scale = self.scale[row].view(1, -1, 1, 1)
             shift = self.shift[row].view(1, -1, 1, 1)
@@ -338,41 +368,50 @@ class FixedLinear(nn.Module):
 def run_grouped(
     layer: Callable[..., torch.Tensor],
     x: torch.Tensor,
-    widths: Widths,
-    in_widths: Widths | None = None,
+    widths: Widths | HostWidths,
+    in_widths: Widths | HostWidths | None = None,
 ) -> torch.Tensor:
     """Run ``layer`` on every sample of ``x`` at that sample's width.
 
-    ``widths`` is one int for the whole batch, or a tensor with one width per sample. Samples
-    are grouped by width and each group runs the layer once; outputs go back in input order.
-    No width is ever computed for a sample that did not ask for it. When ``in_widths`` (the
-    widths of the layer that produced ``x``) is given, the layer is called as
-    ``layer(part, width, in_widths_of_part)``.
+    ``widths`` is one int for the whole batch, or one width per sample (a tensor, or the host
+    copy a network run holds). Samples are grouped by width and each group runs the layer
+    once; outputs go back in input order. No width is ever computed for a sample that did not
+    ask for it. When ``in_widths`` (the widths of the layer that produced ``x``) is given, the
+    layer is called as ``layer(part, width, in_widths_of_part)``.
     """
+    if isinstance(widths, torch.Tensor) and widths.dim() != 1:
+        raise ValueError(_per_sample_message(tuple(widths.shape), x.shape[0]))
+    # On the host (one transfer of a tensor, none for a run's copy), then grouping in Python:
+    # for the batch sizes a server sees this is several times cheaper than unique + nonzero
+    # per width on the device.
+    widths = host_widths(widths)
+    in_widths = None if in_widths is None else host_widths(in_widths)
     extra = () if in_widths is None else (in_widths,)
     if isinstance(widths, int):
         return layer(x, widths, *extra)
-    if widths.dim() != 1 or widths.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"per-sample widths must have one entry per sample: got shape "
-            f"{tuple(widths.shape)} for a batch of {x.shape[0]}"
-        )
-    # One transfer of the widths to the host, then grouping in Python: for the batch sizes a
-    # server sees this is several times cheaper than unique + nonzero per width on the device.
+    if len(widths) != x.shape[0]:
+        raise ValueError(_per_sample_message((len(widths),), x.shape[0]))
     groups: dict[int, list[int]] = {}
-    for i, bits in enumerate(widths.tolist()):
-        groups.setdefault(int(bits), []).append(i)
+    for i, bits in enumerate(widths):
+        groups.setdefault(bits, []).append(i)
     if len(groups) == 1:
         return layer(x, next(iter(groups)), *extra)
     out: torch.Tensor | None = None
-    for bits in sorted(groups):
-        index = torch.tensor(groups[bits], device=x.device)
+    for bits, rows in sorted(groups.items()):
+        index = torch.tensor(rows, device=x.device)
         part_extra = ()
         if in_widths is not None:
-            part_extra = (in_widths if isinstance(in_widths, int) else in_widths[index],)
+            part_extra = (widths_of_rows(in_widths, rows),)
         part = layer(x.index_select(0, index), bits, *part_extra)
         if out is None:
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out.index_copy_(0, index, part)
     assert out is not None
     return out
+
+
+def _per_sample_message(shape: tuple[int, ...], batch: int) -> str:
+    return (
+        f"per-sample widths must have one entry per sample: got shape {shape} for a batch of "
+        f"{batch}"
+    )

@@ -22,9 +22,8 @@ budget at or above the cheapest configuration is always met; a budget below it i
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from abn.bitops import CostTable
 from abn.errors import BudgetError
-from abn.layers import Widths
+from abn.layers import widths_of_rows
 from abn.supernet import BlockInput, LayerwiseRun, Supernet
 
 POOL_SUBSAMPLE_FROM = 14  # maps this wide or wider are pooled over every other pixel
@@ -57,14 +56,14 @@ class _TrackerConstants:
     state_low: torch.Tensor
     state_high: torch.Tensor
     top: float  # BitOps of the dearest configuration
+    fixed: float  # BitOps of the stem and classifier, paid by every configuration
 
 
-@functools.lru_cache(maxsize=64)
 def _tracker_constants(
     table: CostTable, decisions: tuple[int, ...], device: torch.device
 ) -> _TrackerConstants:
-    """Built once per (model, granularity, device), not per batch: about 0.3 ms of small tensor
-    constructions that every request batch would otherwise pay."""
+    """Built once per loaded model (:class:`CompiledPolicy`), not per batch: about 0.3 ms of
+    small tensor constructions that every request batch would otherwise pay."""
     f64 = torch.float64
     bits = table.bit_candidates
     min_rem = table.min_remaining()
@@ -109,28 +108,22 @@ def _tracker_constants(
         torch.tensor([0.0, -inf, -inf, -inf], dtype=f64, device=device),
         torch.tensor([1.5, inf, 1.5, inf], dtype=f64, device=device),
         top,
+        table.fixed_bitops,
     )
 
 
 class BudgetTracker:
     """Per-sample budget bookkeeping along one forward pass, in float64 (exact for integers).
 
-    Every per-layer constant is precomputed once per model (``_tracker_constants``), so each
-    decision costs a handful of tensor ops whatever the depth: at serving batch sizes, op
-    count, not arithmetic, is the cost.
+    Every per-layer constant is built once per model (``_tracker_constants``, held by
+    :class:`CompiledPolicy`), so each decision costs a handful of tensor ops whatever the
+    depth: at serving batch sizes, op count, not arithmetic, is the cost.
     """
 
-    def __init__(
-        self,
-        table: CostTable,
-        budgets: torch.Tensor,
-        decision_layers: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, constants: _TrackerConstants, budgets: torch.Tensor) -> None:
         self.budgets = budgets.double()
-        self.spent = torch.full_like(self.budgets, table.fixed_bitops)
-        n = len(table.layer_macs)
-        decisions = tuple(range(n)) if decision_layers is None else tuple(sorted(decision_layers))
-        self._c = _tracker_constants(table, decisions, self.budgets.device)
+        self.spent = torch.full_like(self.budgets, constants.fixed)
+        self._c = constants
 
     def feasible(self, index: int) -> torch.Tensor:
         """``(N, K)`` bool: widths that, paid for every layer this decision covers, leave the
@@ -214,7 +207,6 @@ def escalations_for(table: CostTable) -> tuple[Escalation, ...]:
     return tuple((k, b) for k in range(len(blocks)) for b in table.bit_candidates[1:])
 
 
-@functools.lru_cache(maxsize=64)
 def escalation_costs(
     table: CostTable, escalations: tuple[Escalation, ...], device: torch.device
 ) -> torch.Tensor:
@@ -399,9 +391,8 @@ class _PolicyChooser:
     """The policy's widths for free rows, masked by the budget; a decision holds until the
     next one (block / network granularity)."""
 
-    def __init__(self, policy: WidthPolicy, table: CostTable, picker: _Picker) -> None:
-        self.policy, self.picker = policy, picker
-        self.bits = torch.tensor(table.bit_candidates, device=picker.free.device)
+    def __init__(self, policy: WidthPolicy, bits: torch.Tensor, picker: _Picker) -> None:
+        self.policy, self.picker, self.bits = policy, picker, bits
         self.all_free = bool(picker.free.all())
         self.last: torch.Tensor | None = None
         self._pooled: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -425,114 +416,150 @@ class _PolicyChooser:
         return self.last
 
 
-def rollout(
-    net: Supernet,
-    table: CostTable,
-    x: torch.Tensor,
-    budgets: torch.Tensor,
-    policy: WidthPolicy | None = None,
-    *,
-    pinned: torch.Tensor | None = None,
-    sample: bool = False,
-    generator: torch.Generator | None = None,
-) -> Rollout:
-    """Run ``x`` through ``net`` layer by layer, each sample at the widths chosen for it.
+class UniformFallback:
+    """The width rule without a learned policy: per sample, the widest uniform width whose
+    whole configuration fits the budget (the cheapest when none does). The uniform costs are
+    built once, on the device the budgets are on, so a batch pays one comparison."""
 
-    A sample's widths come from its row of ``pinned`` (an ``(N, L)`` tensor; a row of zeros
-    means "not pinned"), else from ``policy`` (greedy, or sampled for training), else from the
-    fallback rule: the dearest uniform width that fits the sample's budget. Policy choices are
-    always masked by the budget; pinned rows are taken as given (the caller checks them) and
-    never re-run. A policy with escalations then takes its last decision (:func:`escalate`).
+    def __init__(self, table: CostTable, device: torch.device) -> None:
+        bits = sorted(table.bit_candidates)
+        uniform = [table.cost([b] * len(table.layer_macs)) for b in bits]
+        self.widths = torch.tensor(bits, device=device)
+        self.costs = torch.tensor(uniform, dtype=torch.float64, device=device)  # ascending
+
+    def __call__(self, budgets: torch.Tensor) -> torch.Tensor:
+        fitting = (budgets.double()[:, None] >= self.costs[None, :]).sum(dim=1)
+        return self.widths[(fitting - 1).clamp(min=0)]
+
+
+WidthRule = Callable[[int, torch.Tensor, BudgetTracker], torch.Tensor]
+
+
+class CompiledPolicy:
+    """A supernet, its cost table and its width rule (the learned policy, or the uniform
+    fallback without one), made ready to roll out batches on one device.
+
+    Everything a rollout needs that depends on the model alone is built here, once: the
+    budget tracker's per-layer costs and state maps, the candidate widths, the last decision's
+    re-run costs, the fallback's uniform costs. Make one where the model is loaded (the
+    service) or before a training or evaluation loop, then call :meth:`rollout` per batch;
+    nothing here depends on the policy's weights, so training may keep changing them.
     """
-    budgets = budgets.to(device=x.device, dtype=torch.float64)
-    tracker = BudgetTracker(table, budgets, None if policy is None else policy.spec.decisions())
-    is_pinned = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    if pinned is not None:
-        pinned = pinned.to(x.device).long()
-        is_pinned = (pinned != 0).any(dim=1)
-    picker = _Picker(sample, generator, ~is_pinned)
-    choose = _width_chooser(table, budgets, policy, picker, pinned, is_pinned)
-    run = net.start(x)
-    chosen = []
-    while not run.done:
-        i = run.layer_index
-        widths = choose(i, run.activation, tracker)
-        tracker.pay(i, widths)
-        chosen.append(widths)
-        run.advance(widths)
-    result = Rollout(run.logits, torch.stack(chosen, dim=1), tracker.spent)
-    if policy is not None and policy.escalation is not None and not bool(is_pinned.all()):
-        escalate(net, table, policy, result, run, tracker, picker)
-    result.bitops = tracker.spent
-    result.log_prob, result.entropy = picker.totals()
-    return result
 
+    def __init__(
+        self,
+        net: Supernet,
+        table: CostTable,
+        policy: WidthPolicy | None,
+        device: torch.device,
+    ) -> None:
+        self.net, self.table, self.policy, self.device = net, table, policy, device
+        every_layer = tuple(range(len(table.layer_macs)))
+        decisions = every_layer if policy is None else tuple(sorted(policy.spec.decisions()))
+        self._tracker = _tracker_constants(table, decisions, device)
+        self._bits = torch.tensor(table.bit_candidates, device=device)
+        self._fallback = UniformFallback(table, device) if policy is None else None
+        self._escalation_costs: torch.Tensor | None = None
+        if policy is not None and policy.escalation is not None:
+            self._escalation_costs = escalation_costs(table, policy.spec.escalations, device)
 
-def _width_chooser(
-    table: CostTable,
-    budgets: torch.Tensor,
-    policy: WidthPolicy | None,
-    picker: _Picker,
-    pinned: torch.Tensor | None,
-    is_pinned: torch.Tensor,
-) -> Callable[[int, torch.Tensor, BudgetTracker], torch.Tensor]:
-    """The rule giving each layer's widths: pinned rows, the policy, or the uniform fallback."""
-    if pinned is not None and bool(is_pinned.all()):
-        return lambda i, _act, _tracker: pinned[:, i]
-    if policy is None:
-        fallback = uniform_fallback(table, budgets).to(budgets.device)
-        free_rule = lambda _i, _act, _tracker: fallback  # noqa: E731
-    else:
-        free_rule = _PolicyChooser(policy, table, picker)
-    if pinned is None or not bool(is_pinned.any()):
-        return free_rule
-    return lambda i, act, tracker: torch.where(is_pinned, pinned[:, i], free_rule(i, act, tracker))
+    def rollout(
+        self,
+        x: torch.Tensor,
+        budgets: torch.Tensor,
+        *,
+        pinned: torch.Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """Run ``x`` through the network layer by layer, each sample at the widths chosen for it.
 
+        A sample's widths come from its row of ``pinned`` (an ``(N, L)`` tensor; a row of
+        zeros means "not pinned"), else from the policy (greedy, or sampled for training), else
+        from the uniform fallback. Policy choices are always masked by the budget; pinned rows
+        are taken as given (the caller checks them) and never re-run. A policy with
+        escalations then takes its last decision (:meth:`_escalate`).
+        """
+        budgets = budgets.to(device=x.device, dtype=torch.float64)
+        tracker = BudgetTracker(self._tracker, budgets)
+        is_pinned = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if pinned is not None:
+            pinned = pinned.to(x.device).long()
+            is_pinned = (pinned != 0).any(dim=1)
+        picker = _Picker(sample, generator, ~is_pinned)
+        choose = self._width_rule(budgets, picker, pinned, is_pinned)
+        run = self.net.start(x)
+        chosen = []
+        while not run.done:
+            i = run.layer_index
+            widths = choose(i, run.activation, tracker)
+            tracker.pay(i, widths)
+            chosen.append(widths)
+            run.advance(widths)
+        result = Rollout(run.logits, torch.stack(chosen, dim=1), tracker.spent)
+        if self._escalation_costs is not None and not bool(is_pinned.all()):
+            self._escalate(result, run, tracker, picker)
+        result.bitops = tracker.spent
+        result.log_prob, result.entropy = picker.totals()
+        return result
 
-def escalate(
-    net: Supernet,
-    table: CostTable,
-    policy: WidthPolicy,
-    result: Rollout,
-    run: LayerwiseRun,
-    tracker: BudgetTracker,
-    picker: _Picker,
-) -> None:
-    """The last decision: stop, or re-run from a block boundary at one width, reusing the first
-    pass up to that boundary; the re-run's answer replaces the first pass's and both are paid.
-    An option is masked unless its extra cost fits what is left of the image's budget."""
-    costs = escalation_costs(table, policy.spec.escalations, result.bitops.device)
-    allowed = tracker.feasible_extra(costs) & picker.free[:, None]
-    allowed[:, 0] = True  # stopping is always allowed (the first pass already fits)
-    scores = policy.escalation_scores(result.logits, tracker.final_state())
-    option = picker(scores.masked_fill(~allowed, float("-inf")))
-    tracker.pay_extra(costs[option])
-    result.escalation = option
-    result.first_pass = result.widths.clone()
-    first_layers = net.block_first_layers()
-    taken = [(r, *policy.spec.escalations[o - 1]) for r, o in enumerate(option.tolist()) if o]
-    for block in sorted({k for _, k, _ in taken}):
-        rows = [(r, b) for r, k, b in taken if k == block]
-        index = torch.tensor([r for r, _ in rows], device=option.device)
-        widths = torch.tensor([b for _, b in rows], device=option.device)
-        given = run.block_inputs[block]
-        rerun = net.resume(block, BlockInput(given.activation[index], _rows(given.widths, index)))
+    def _width_rule(
+        self,
+        budgets: torch.Tensor,
+        picker: _Picker,
+        pinned: torch.Tensor | None,
+        is_pinned: torch.Tensor,
+    ) -> WidthRule:
+        """The rule giving each layer's widths: pinned rows, the policy, or the fallback."""
+        if pinned is not None and bool(is_pinned.all()):
+            return lambda i, _act, _tracker: pinned[:, i]
+        if self.policy is None:
+            assert self._fallback is not None
+            fallback = self._fallback(budgets)
+            free_rule: WidthRule = lambda _i, _act, _tracker: fallback  # noqa: E731
+        else:
+            free_rule = _PolicyChooser(self.policy, self._bits, picker)
+        if pinned is None or not bool(is_pinned.any()):
+            return free_rule
+        return lambda i, act, tracker: torch.where(
+            is_pinned, pinned[:, i], free_rule(i, act, tracker)
+        )
+
+    def _escalate(
+        self, result: Rollout, run: LayerwiseRun, tracker: BudgetTracker, picker: _Picker
+    ) -> None:
+        """The last decision: stop, or re-run from a block boundary at one width, reusing the
+        first pass up to that boundary; the re-run's answer replaces the first pass's and both
+        are paid. An option is masked unless its extra cost fits what is left of the budget."""
+        assert self.policy is not None and self._escalation_costs is not None
+        costs = self._escalation_costs
+        allowed = tracker.feasible_extra(costs) & picker.free[:, None]
+        allowed[:, 0] = True  # stopping is always allowed (the first pass already fits)
+        scores = self.policy.escalation_scores(result.logits, tracker.final_state())
+        option = picker(scores.masked_fill(~allowed, float("-inf")))
+        tracker.pay_extra(costs[option])
+        result.escalation = option
+        result.first_pass = result.widths.clone()
+        escalations = self.policy.spec.escalations
+        taken = [(r, *escalations[o - 1]) for r, o in enumerate(option.tolist()) if o]
+        for block in sorted({k for _, k, _ in taken}):
+            rows = [(r, b) for r, k, b in taken if k == block]
+            self._rerun(result, run.block_inputs[block], block, rows)
+
+    def _rerun(
+        self, result: Rollout, given: BlockInput, block: int, rows: list[tuple[int, int]]
+    ) -> None:
+        """Re-run the samples ``rows`` (row, width) from block ``block``'s input, each at its
+        width, and put their answers and widths into ``result``."""
+        device = result.logits.device
+        index = torch.tensor([r for r, _ in rows], device=device)
+        widths = torch.tensor([b for _, b in rows], device=device)
+        sub_input = BlockInput(
+            given.activation[index], widths_of_rows(given.widths, [r for r, _ in rows])
+        )
+        rerun = self.net.resume(block, sub_input)
         while not rerun.done:
             rerun.advance(widths)
         result.logits = result.logits.index_copy(0, index, rerun.logits.to(result.logits.dtype))
-        result.widths[index, first_layers[block] :] = widths[:, None].to(result.widths.dtype)
-
-
-def _rows(widths: Widths, index: torch.Tensor) -> Widths:
-    """The widths of the rows ``index`` (a per-sample tensor, or one width for all)."""
-    return widths[index] if isinstance(widths, torch.Tensor) else widths
-
-
-def uniform_fallback(table: CostTable, budgets: torch.Tensor) -> torch.Tensor:
-    """Per sample, the widest uniform width whose whole configuration fits the budget."""
-    n = len(table.layer_macs)
-    best = torch.full(budgets.shape, min(table.bit_candidates), dtype=torch.long)
-    for b in sorted(table.bit_candidates):
-        fits = budgets.cpu() >= table.cost([b] * n)
-        best = torch.where(fits, torch.tensor(b), best)
-    return best
+        first = self.net.block_first_layers()[block]
+        result.widths[index, first:] = widths[:, None].to(result.widths.dtype)

@@ -63,8 +63,25 @@ def pil_to_uint8(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+@dataclass(frozen=True)
+class Normalizer:
+    """:func:`normalize` with its per-channel constants built once on one device: what a loaded
+    model or a loop over batches holds, rather than rebuilding two small tensors per batch."""
+
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor
+
+    @classmethod
+    def for_spec(cls, spec: InputSpec, device: torch.device | str) -> Normalizer:
+        mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        return cls(mean, torch.tensor(spec.std, device=device).view(1, -1, 1, 1))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` to the float input the network was trained on."""
+        return (images.float() / 255.0 - self.mean) / self.std
+
+
 def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` to the float input the network was trained on."""
-    mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    """uint8 ``(N, C, H, W)`` to the float input the network was trained on (one batch; a
+    loop over batches holds a :class:`Normalizer`)."""
+    return Normalizer.for_spec(spec, images.device)(images)

@@ -14,8 +14,9 @@ Layer-by-layer execution is the hook point of the policy and the batching engine
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from abn.errors import ConfigError, ConfigLengthError, UnknownBitWidthError
-from abn.layers import FixedConvBN, FixedLinear, SwitchableConvBN, Widths, run_grouped
+from abn.layers import (
+    FixedConvBN,
+    FixedLinear,
+    HostWidths,
+    SwitchableConvBN,
+    Widths,
+    run_grouped,
+)
 
 DEFAULT_BIT_CANDIDATES = (1, 2, 3, 4, 8)  # chosen on validation: docs/results.md
 
@@ -177,20 +185,26 @@ class BasicBlock(nn.Module):
         return [m for m in (self.conv1, self.conv2, self.shortcut) if m is not None]
 
     def steps(
-        self, x: torch.Tensor, in_widths: Widths
-    ) -> Generator[torch.Tensor, Widths, tuple[torch.Tensor, Widths]]:
-        """Yield before each switchable layer, receive its widths; return the block's output
-        and the widths it counts as produced at (conv2's)."""
+        self, x: torch.Tensor, in_widths: HostWidths
+    ) -> Generator[torch.Tensor, HostWidths, tuple[torch.Tensor, HostWidths]]:
+        """Yield before each switchable layer, receive its widths (checked, on the host);
+        return the block's output and the widths it counts as produced at (conv2's)."""
         widths = yield x
-        out = F.relu(run_grouped(self.conv1, x, widths, in_widths))
+        out = F.relu(run_grouped(_checked(self.conv1), x, widths, in_widths))
         conv1_widths = widths
         widths = yield out
-        out = run_grouped(self.conv2, out, widths, conv1_widths)
+        out = run_grouped(_checked(self.conv2), out, widths, conv1_widths)
         out_widths = widths
         if self.shortcut is None:
             return F.relu(out + x), out_widths
         widths = yield x
-        return F.relu(out + run_grouped(self.shortcut, x, widths, in_widths)), out_widths
+        shortcut = run_grouped(_checked(self.shortcut), x, widths, in_widths)
+        return F.relu(out + shortcut), out_widths
+
+
+def _checked(layer: SwitchableConvBN) -> Callable[..., torch.Tensor]:
+    """``layer`` called by a run, which checked its widths where they entered it."""
+    return functools.partial(layer, checked=True)
 
 
 @dataclass(frozen=True)
@@ -199,7 +213,7 @@ class BlockInput:
     (what its first layers' transitional BN pairs are keyed by)."""
 
     activation: torch.Tensor
-    widths: Widths
+    widths: HostWidths
 
 
 class LayerwiseRun:
@@ -211,8 +225,8 @@ class LayerwiseRun:
 
     def __init__(
         self,
-        steps: Generator[torch.Tensor, Widths, torch.Tensor],
-        check,
+        steps: Generator[torch.Tensor, HostWidths, torch.Tensor],
+        check: Callable[[int, Widths], HostWidths],
         first_layer: int = 0,
         block_inputs: list[BlockInput] | None = None,
     ) -> None:
@@ -229,9 +243,13 @@ class LayerwiseRun:
         return self.logits is not None
 
     def advance(self, widths: Widths) -> None:
+        """Run the next switchable layer at ``widths``: checked here, and read to the host
+        once, the only device-to-host copy the layer's widths take."""
         if self.done:
             raise RuntimeError("the forward pass has already finished")
-        widths = self._check(self.layer_index, widths)
+        self._advance_checked(self._check(self.layer_index, widths))
+
+    def _advance_checked(self, widths: HostWidths) -> None:
         try:
             self.activation = self._steps.send(widths)
             self.layer_index += 1
@@ -269,6 +287,10 @@ class Supernet(nn.Module):
         self.switchable_layers: list[SwitchableConvBN] = [
             layer for block in self.blocks for layer in block.switchable_layers()
         ]
+        starts = [0]
+        for block in self.blocks[:-1]:
+            starts.append(starts[-1] + len(block.switchable_layers()))
+        self._block_first_layers = tuple(starts)  # read by every re-run: counted once
 
     @property
     def num_switchable(self) -> int:
@@ -279,20 +301,21 @@ class Supernet(nn.Module):
         return [layer.name for layer in self.switchable_layers]
 
     # -- configurations -------------------------------------------------------------------
-    def check_widths(self, index: int, widths: Widths) -> Widths:
-        """Validate one layer's widths: an int, or a 1-D integer tensor of candidates."""
+    def check_widths(self, index: int, widths: Widths) -> HostWidths:
+        """Validate one layer's widths, an int or a 1-D integer tensor of candidates, and
+        return them on the host (one copy of a tensor)."""
         allowed = self.bit_candidates
         where = self.switchable_layers[index].name
+        if isinstance(widths, torch.Tensor) and widths.dim() > 0:
+            if widths.is_floating_point() or widths.is_complex():
+                raise UnknownBitWidthError(widths.flatten()[0].item(), allowed, where)
+            values = tuple(widths.tolist())
+            bad = set(values) - set(allowed)
+            if bad:
+                raise UnknownBitWidthError(min(bad), allowed, where)
+            return values
         if isinstance(widths, torch.Tensor):
-            if widths.dim() == 0:
-                widths = int(widths.item())
-            else:
-                if widths.is_floating_point() or widths.is_complex():
-                    raise UnknownBitWidthError(widths.flatten()[0].item(), allowed, where)
-                bad = set(widths.tolist()) - set(allowed)
-                if bad:
-                    raise UnknownBitWidthError(min(bad), allowed, where)
-                return widths.long()
+            widths = int(widths.item())
         if isinstance(widths, bool):
             raise UnknownBitWidthError(widths, allowed, where)
         try:
@@ -303,8 +326,9 @@ class Supernet(nn.Module):
             raise UnknownBitWidthError(widths, allowed, where)
         return value
 
-    def expand_config(self, config: Config) -> list[Widths]:
-        """One entry per switchable layer, from a single width, a list, or an ``(N, L)`` tensor."""
+    def expand_config(self, config: Config) -> list[HostWidths]:
+        """One entry per switchable layer, checked and on the host, from a single width, a
+        list, or an ``(N, L)`` tensor."""
         n = self.num_switchable
         if isinstance(config, torch.Tensor) and config.dim() == 2:
             if config.shape[1] != n:
@@ -324,8 +348,8 @@ class Supernet(nn.Module):
 
     # -- execution ------------------------------------------------------------------------
     def _steps(
-        self, h: torch.Tensor, widths: Widths, first_block: int, record: list[BlockInput]
-    ) -> Generator[torch.Tensor, Widths, torch.Tensor]:
+        self, h: torch.Tensor, widths: HostWidths, first_block: int, record: list[BlockInput]
+    ) -> Generator[torch.Tensor, HostWidths, torch.Tensor]:
         for block in self.blocks[first_block:]:
             record.append(BlockInput(h, widths))
             h, widths = yield from block.steps(h, widths)
@@ -341,13 +365,9 @@ class Supernet(nn.Module):
         steps = self._steps(h, self.spec.fixed_bits, 0, record)
         return LayerwiseRun(steps, self.check_widths, 0, record)
 
-    def block_first_layers(self) -> list[int]:
+    def block_first_layers(self) -> tuple[int, ...]:
         """Index of each block's first switchable layer."""
-        starts, index = [], 0
-        for block in self.blocks:
-            starts.append(index)
-            index += len(block.switchable_layers())
-        return starts
+        return self._block_first_layers
 
     def resume(self, block: int, given: BlockInput) -> LayerwiseRun:
         """A pass from block ``block``'s input onwards: how an earlier pass's prefix is reused
@@ -358,10 +378,10 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor, config: Config) -> torch.Tensor:
         """Logits of ``x`` at ``config`` (one width, one per layer, or one per sample and layer)."""
-        widths = self.expand_config(config)
+        widths = self.expand_config(config)  # every layer checked here, once
         run = self.start(x)
         for w in widths:
-            run.advance(w)
+            run._advance_checked(w)
         assert run.logits is not None
         return run.logits
 

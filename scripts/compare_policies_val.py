@@ -16,10 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from abn.baselines import BaselineSuite, best_under
 from abn.bitops import cost_table
 from abn.data import load_fashion_mnist
 from abn.evaluate import adaptive_accuracy, budgets_across, greedy_static_search, static_row
+from abn.policy import CompiledPolicy
 from abn.store import open_model_dir
 
 
@@ -63,10 +66,10 @@ def main() -> None:
             args.baselines_cache.write_text(json.dumps(baselines))
     for path in args.models:
         md = open_model_dir(path)
-        policy = md.load_policy()
+        compiled = CompiledPolicy(net, table, md.load_policy(), torch.device("cpu"))
         margins = []
         for budget in budgets_across(table, args.budgets):
-            r = adaptive_accuracy(net, table, policy, val, md.input_spec, budget)
+            r = adaptive_accuracy(compiled, val, md.input_spec, budget)
             best = best_under(baselines, r["mean_bitops"], budget)
             margin = r["accuracy"] - (best["val_accuracy"] if best else 0.0)
             margins.append(margin)

@@ -17,8 +17,8 @@ import torch
 
 from abn.bitops import CostTable, cost_table
 from abn.errors import ABNError
-from abn.policy import WidthPolicy, rollout
-from abn.preprocess import InputSpec, normalize
+from abn.policy import CompiledPolicy, WidthPolicy
+from abn.preprocess import InputSpec, Normalizer
 from abn.store import ModelDirectory, open_model_dir
 from abn.supernet import Supernet
 from service.accuracy import AccuracyTables
@@ -74,6 +74,9 @@ class ServedModel:
         self.name = str(directory.manifest.get("name", directory.path.name))
         self.version = str(directory.manifest.get("version", "unknown"))
         self.accuracy = AccuracyTables(directory.manifest.get("accuracy"))
+        # what every batch would otherwise rebuild: the rollout's constants, normalisation's
+        self.compiled = CompiledPolicy(net, table, policy, device)
+        self.normalizer = Normalizer.for_spec(self.input_spec, device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ServedModel:
@@ -165,16 +168,14 @@ class ServedModel:
         """Classify a batch, each image at its own widths (policy, or pinned row when non-zero).
 
         ``images``: uint8 ``(N, C, H, W)``; ``budgets``: float64 ``(N,)``; ``pinned``: int64
-        ``(N, L)`` or None. Runs layer by layer with samples grouped by width (``rollout``).
+        ``(N, L)`` or None. Runs layer by layer with samples grouped by width
+        (:meth:`CompiledPolicy.rollout`).
         """
         with torch.inference_mode():
-            x = normalize(images.to(self.device, non_blocking=True), self.input_spec)
-            result = rollout(
-                self.net,
-                self.table,
+            x = self.normalizer(images.to(self.device, non_blocking=True))
+            result = self.compiled.rollout(
                 x,
                 budgets.to(self.device),
-                self.policy,
                 pinned=None if pinned is None else pinned.to(self.device),
             )
             probabilities = torch.softmax(result.logits.float(), dim=1)

@@ -23,7 +23,7 @@ from abn.data import (
     write_idx,
 )
 from abn.evaluate import static_accuracy
-from abn.policy import PolicySpec, WidthPolicy, rollout
+from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
 from abn.preprocess import normalize
 from abn.store import ModelCard, save_model_dir, save_policy, update_manifest
 from abn.supernet import architecture, build_supernet
@@ -87,9 +87,10 @@ def make_tiny_model_dir(path: Path, data_dir: Path, with_policy: bool = True) ->
         save_policy(path, policy, {"spec": policy.spec.to_dict()})
         x = normalize(test.images, FASHION_MNIST_INPUT)
         adaptive = []
+        compiled = CompiledPolicy(net, table, policy, torch.device("cpu"))
         for budget in np.linspace(table.min_bitops, table.max_bitops, 4).tolist():
             with torch.no_grad():
-                r = rollout(net, table, x, torch.full((len(test),), budget), policy)
+                r = compiled.rollout(x, torch.full((len(test),), budget))
             adaptive.append(
                 {
                     "budget": budget,

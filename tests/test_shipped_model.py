@@ -11,7 +11,7 @@ from abn.bitops import cost_table
 from abn.data import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
 from abn.errors import DatasetNotFoundError
 from abn.evaluate import static_accuracy
-from abn.policy import check_budgets, rollout
+from abn.policy import CompiledPolicy, check_budgets
 from abn.preprocess import normalize
 from abn.store import DEFAULT_MODEL_DIR, open_model_dir
 
@@ -89,7 +89,7 @@ def test_policy_keeps_every_budget_on_real_images(shipped, test_images) -> None:
     budgets = table.min_bitops + torch.rand(SAMPLE, generator=gen, dtype=torch.float64) * span
     check_budgets(table, budgets)
     with torch.no_grad():
-        r = rollout(net, table, x, budgets, policy)
+        r = CompiledPolicy(net, table, policy, torch.device("cpu")).rollout(x, budgets)
     assert bool((r.bitops <= budgets).all())
 
 
@@ -99,10 +99,11 @@ def test_adaptive_accuracy_matches_the_manifest(shipped, test_images) -> None:
     policy = shipped.load_policy()
     table = cost_table(net)
     x = normalize(test_images.images, shipped.input_spec)
+    compiled = CompiledPolicy(net, table, policy, torch.device("cpu"))
     for row in shipped.manifest["accuracy"]["adaptive"][::3]:
         budgets = torch.full((SAMPLE,), row["budget"], dtype=torch.float64)
         with torch.no_grad():
-            r = rollout(net, table, x, budgets, policy)
+            r = compiled.rollout(x, budgets)
         accuracy = float((r.logits.argmax(1) == test_images.labels).double().mean())
         assert abs(accuracy - row["accuracy"]) <= 0.02, (row, accuracy)
         assert float(r.bitops.mean()) == pytest.approx(row["mean_bitops"], rel=0.1), row

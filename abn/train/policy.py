@@ -35,10 +35,9 @@ from abn.bitops import CostTable, cost_table
 from abn.data import ImageSet
 from abn.datasource import load_for_model
 from abn.errors import ConfigError
-from abn.policy import PolicySpec, WidthPolicy, rollout
+from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
 from abn.preprocess import normalize
 from abn.store import ModelDirectory, open_model_dir, save_policy
-from abn.supernet import Supernet
 from abn.train.common import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 
 
@@ -147,6 +146,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     policy = policy.to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     charges = BandCharges(table, cfg.bitops_charge, cfg.spend_target, cfg.charge_lr)
+    compiled = CompiledPolicy(net, table, policy, device)
     ckpt_dir = Path(cfg.checkpoints or f"runs/{md.manifest['name']}-policy")
     start, history = 0, []
     if cfg.resume and has_checkpoint(ckpt_dir):
@@ -159,7 +159,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     started = time.time()
     running: dict[str, float] = {}
     for step in range(start, cfg.steps):
-        stats = _train_step(cfg, step, net, table, policy, optimizer, charges, train, md)
+        stats = _train_step(cfg, step, compiled, optimizer, charges, train, md)
         running = {n: 0.95 * running.get(n, v) + 0.05 * v for n, v in stats.items()}
         bar.set_postfix({n: f"{v:.3f}" for n, v in running.items()})
         bar.update(1)
@@ -215,9 +215,7 @@ def warm_start_widths(policy: WidthPolicy, source: str) -> None:
 def _train_step(
     cfg: PolicyTrainConfig,
     step: int,
-    net: Supernet,
-    table: CostTable,
-    policy: WidthPolicy,
+    compiled: CompiledPolicy,
     optimizer: torch.optim.Optimizer,
     charges: BandCharges,
     train: ImageSet,
@@ -225,14 +223,15 @@ def _train_step(
 ) -> dict[str, float]:
     """One REINFORCE step on a fresh batch of (image, budget) pairs, then one dual step of the
     charges; returns the step's figures for the progress bar and history."""
-    device = next(policy.parameters()).device
+    table = compiled.table
+    device = compiled.device
     k = cfg.samples_per_image
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     index = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
     budgets = sample_budgets(table, cfg.batch_size, gen).repeat_interleave(k).to(device)
     x = normalize(train.images[index].to(device), md.input_spec).repeat_interleave(k, 0)
     y = train.labels[index].to(device).repeat_interleave(k)
-    r = rollout(net, table, x, budgets, policy, sample=True, generator=gen)
+    r = compiled.rollout(x, budgets, sample=True, generator=gen)
     log_p = F.log_softmax(r.logits, dim=1).gather(1, y[:, None]).squeeze(1)
     used = charges.used(budgets, r.bitops)
     reward = log_p - (charges.of(budgets) * used).float()

@@ -320,8 +320,8 @@ def test_run_grouped_runs_each_width_once_on_its_own_samples() -> None:
     layer = ready_layer()
     calls: list[tuple[int, int, list[int]]] = []
 
-    def counted(x: torch.Tensor, bits: int, in_bits: torch.Tensor) -> torch.Tensor:
-        calls.append((x.shape[0], bits, in_bits.tolist()))
+    def counted(x: torch.Tensor, bits: int, in_bits: tuple[int, ...]) -> torch.Tensor:
+        calls.append((x.shape[0], bits, list(in_bits)))  # a group's feeder widths, on the host
         return layer(x, bits, in_bits)
 
     x = F.relu(torch.randn(6, 8, 6, 6))

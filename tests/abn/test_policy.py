@@ -13,15 +13,15 @@ from abn.bitops import CostTable, cost_table
 from abn.errors import BudgetError
 from abn.policy import (
     GRANULARITIES,
+    CompiledPolicy,
     PolicySpec,
+    UniformFallback,
     WidthPolicy,
     check_budgets,
     decision_layers_for,
     escalation_costs,
     escalations_for,
     pooled_features,
-    rollout,
-    uniform_fallback,
 )
 from abn.supernet import DEFAULT_BIT_CANDIDATES, Supernet, build_supernet
 from tests.nets import calibrate
@@ -56,7 +56,7 @@ def random_policy(
 
 def run(net: Supernet, table: CostTable, x: torch.Tensor, budgets: torch.Tensor, policy, **kw):
     with torch.no_grad():
-        return rollout(net, table, x, budgets, policy, **kw)
+        return CompiledPolicy(net, table, policy, torch.device("cpu")).rollout(x, budgets, **kw)
 
 
 def check_rollout(result, table: CostTable, n: int, policy=None) -> None:
@@ -241,7 +241,7 @@ def test_fallback_fits_the_budget(net: Supernet, table: CostTable, with_pins: bo
     if with_pins:
         expected[2] = BITS[1]
     assert result.widths.tolist() == [[b] * layers for b in expected]
-    assert uniform_fallback(table, budgets).tolist() == fallback
+    assert UniformFallback(table, torch.device("cpu"))(budgets).tolist() == fallback
 
 
 def test_budget_below_the_minimum_is_refused_stating_the_range(table: CostTable) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from abn.bitops import cost_table
 from abn.errors import ConfigError
-from abn.policy import check_budgets, rollout
+from abn.policy import CompiledPolicy, check_budgets
 from abn.store import open_model_dir
 from abn.train.policy import (
     CHARGE_BANDS,
@@ -55,7 +55,9 @@ def test_training_a_few_steps_saves_a_loadable_verified_policy(
     table = cost_table(net)
     budgets = torch.full((3,), table.min_bitops * 1.5, dtype=torch.float64)
     with torch.no_grad():
-        r = rollout(net, table, torch.randn(3, 1, 28, 28), budgets, policy)
+        r = CompiledPolicy(net, table, policy, torch.device("cpu")).rollout(
+            torch.randn(3, 1, 28, 28), budgets
+        )
     assert bool((r.bitops <= budgets).all())
 
     resumed = PolicyTrainConfig(**{**cfg.__dict__, "steps": 6, "resume": True})
@@ -100,7 +102,9 @@ def test_a_block_policy_trains_saves_and_loads_with_its_granularity(
     assert md.manifest["policy"]["spec"]["decision_layers"] == [0, 2, 5]
     budgets = torch.linspace(table.min_bitops, table.max_bitops, 6, dtype=torch.float64)
     with torch.no_grad():
-        r = rollout(net, table, torch.randn(6, 1, 28, 28), budgets, policy)
+        r = CompiledPolicy(net, table, policy, torch.device("cpu")).rollout(
+            torch.randn(6, 1, 28, 28), budgets
+        )
     assert bool((r.bitops <= budgets).all())
     assert bool((r.widths[:, 0] == r.widths[:, 1]).all())  # block 1 at one width
     assert md.manifest["policy"]["spec"]["escalations"]  # the last decision is on by default
