@@ -414,7 +414,7 @@ def service_dashboard() -> dashboard.Dashboard:
         series_panel(
             "Pending requests (queued + running)",
             "Requests inside each replica, waiting or running. The autoscaler keeps the "
-            "per-pod average near its target (deploy/k8s/hpa.yaml); ABN_MAX_QUEUE_SIZE more "
+            "per-pod average near its target (deploy/k8s/base/hpa.yaml); ABN_MAX_QUEUE_SIZE more "
             "waiting are answered 429.",
             [
                 Query(f"sum({series('abn_pending_requests')})", legend="all replicas"),

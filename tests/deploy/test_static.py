@@ -1,10 +1,10 @@
 """The committed deployment files pass their own tools, and agree with each other.
 
 hadolint (Dockerfile), docker-compose 1.29 (compose.yaml), promtool (Prometheus config, alert
-rules and their unit tests), kubernetes-validate --strict (deploy/k8s), and the dashboard JSON
-equal to what its generator writes. Plus the cross-file contracts no single tool sees: every
-``abn_*`` metric a dashboard or rule queries is one the service exposes, the HPA asks for a
-metric the adapter serves, and the job name the dashboards select on is the one scraped.
+rules and their unit tests), and the dashboard JSON equal to what its generator writes
+(Kubernetes: test_kubernetes.py). Plus the cross-file contracts no single tool sees: every
+``abn_*`` metric a dashboard or rule queries is one the service exposes, and the job name the
+dashboards select on is the one scraped.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ OTHERS = {
     "abn_model_info",
 }
 EXPOSED = OTHERS | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
-K8S_MANIFESTS = ["namespace.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
 
 
 def load_generator() -> ModuleType:
@@ -147,6 +146,11 @@ def test_docker_compose_config_accepts_compose_yaml(
     assert "profiles" not in services["abn"]
     mounts = " ".join(str(v) for v in services["grafana"]["volumes"])
     assert "deploy/grafana/provisioning" in mounts and "deploy/grafana/dashboards" in mounts
+    for name in ("abn", "abn-gpu"):  # the model from the host's model store, read-only
+        assert services[name]["volumes"] == [f"{ROOT / 'model_store'}:/models:ro"]
+        model_dir = services[name]["environment"]["ABN_MODEL_DIR"]
+        assert model_dir == "/models/fmnist-abn"
+        assert (ROOT / "model_store" / Path(model_dir).name / "manifest.json").is_file()
 
 
 # -- Prometheus ------------------------------------------------------------------------------
@@ -204,51 +208,6 @@ def test_alerts_named_in_the_issue_exist() -> None:
     assert "abn_pending_requests" in exprs["ABNQueueSaturated"]
     assert "abn_expected_accuracy" in exprs["ABNLiveAccuracyBelowExpected"]
     assert "up{" in exprs["ABNTargetDown"]
-
-
-# -- Kubernetes ------------------------------------------------------------------------------
-def test_kubernetes_validate_strict(kubernetes_validate: str) -> None:
-    files = [DEPLOY / "k8s" / name for name in K8S_MANIFESTS]
-    result = run([kubernetes_validate, "--strict", *files])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files), result.stdout + result.stderr
-
-
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(K8S_MANIFESTS)
-    assert sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")) == sorted(
-        [*K8S_MANIFESTS, "kustomization.yaml"]
-    )
-
-
-def test_hpa_metric_is_served_by_the_adapter_and_the_pods_are_scraped() -> None:
-    hpa = yaml.safe_load((DEPLOY / "k8s" / "hpa.yaml").read_text())
-    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
-    values = yaml.safe_load((DEPLOY / "k8s" / "prometheus-adapter" / "values.yaml").read_text())
-    served = {}
-    for rule in values["rules"]["custom"]:
-        series = re.match(r"\w+", rule["seriesQuery"]).group(0)
-        assert series in EXPOSED, f"the adapter asks for {series}, which the service lacks"
-        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
-        served[rule["name"]["as"]] = series
-    assert wanted and wanted <= set(served)
-
-    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
-    pod = deployment["spec"]["template"]
-    annotations = pod["metadata"]["annotations"]
-    container = pod["spec"]["containers"][0]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/path"] == "/metrics"
-    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
-    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load time"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert {"requests", "limits"} <= set(container["resources"])
-    env = {e["name"] for e in container["env"]}
-    assert all(name.startswith("ABN_") for name in env)
 
 
 # -- dashboards ------------------------------------------------------------------------------
