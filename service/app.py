@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.classify import CLASSIFY_PATH, add_classify_route
 from service.decode import configure_pillow
@@ -25,6 +26,10 @@ from service.settings import Settings
 from service.state import Loader, ServiceState, load_from_settings
 
 API_VERSION = "1.0.0"
+# Where Swagger UI's script, stylesheet and icon are served from: files installed with the
+# fastapi-offline package, so /docs works without reaching a CDN (air-gapped clusters, strict
+# CSPs). Under /docs, so a proxy that publishes /docs publishes its assets too.
+DOCS_ASSETS_PATH = "/docs/assets"
 
 
 def create_app(
@@ -60,12 +65,17 @@ def create_app(
                     await loading
             await state.shutdown()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="abn-serve",
         version=API_VERSION,
         summary="Budget-aware adaptive-precision image classification",
         description="Classify an image under a per-request BitOps budget; see docs/api.md.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_PATH,
+        # No ReDoc: its bundle still loads a logo from a CDN. /docs is the one page.
+        redoc_url=None,
+        # Swagger UI would send the document to validator.swagger.io for its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = state
     app.openapi = _document(app)  # type: ignore[method-assign]
