@@ -165,8 +165,10 @@ def open_model_dir(path: str | Path) -> ModelDirectory:
 
 
 @dataclass
-class ModelCard:
-    """What the manifest says about a model besides its weights."""
+class ModelDescription:
+    """What the manifest says about a model besides its weights and their checksums, as the
+    trainer gives it (the HTTP model card, ``service.schemas.ModelCard``, is read from the
+    whole manifest)."""
 
     name: str
     version: str
@@ -177,7 +179,7 @@ class ModelCard:
     data: dict[str, Any] | None = None  # where the images came from (abn.datasource)
 
 
-def save_model_dir(path: str | Path, net: Supernet, card: ModelCard) -> ModelDirectory:
+def save_model_dir(path: str | Path, net: Supernet, card: ModelDescription) -> ModelDirectory:
     """Write the supernet and a fresh manifest. A policy already in the directory is kept only
     when the supernet is unchanged: a policy learnt on other weights (or classes) is dropped."""
     path = Path(path)

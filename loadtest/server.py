@@ -2,8 +2,8 @@
 
 The benchmark measures the server exactly as users run it: its own process (so its resident
 memory is its own, read from ``/proc/<pid>/status``), on a free port, settings passed as
-``ABN_*`` environment variables, stopped with SIGTERM like any deployment. (The test suite has
-the same idea in ``tests/service/helpers.py``; tools do not import tests, hence this module.)
+``ABN_*`` environment variables, stopped with SIGTERM like any deployment. The tests' real-process
+servers (``tests/service/helpers.py``) are this class too.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def parse_settings(items: list[str]) -> dict[str, str]:
 
 
 def free_port() -> int:
+    """A TCP port of 127.0.0.1 free a moment ago (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -91,6 +92,12 @@ class ManagedServer:
         return env
 
     def start(self, ready_timeout: float = 180.0) -> ManagedServer:
+        self.launch()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process and return at once (:meth:`wait_ready` waits for it)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -100,25 +107,33 @@ class ManagedServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(ready_timeout)
-        return self
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
+    def wait_ready(self, timeout: float = 180.0) -> list[int]:
+        """Poll the ready path until 200; the statuses seen on the way (a test checks that
+        readiness said 503, never 200 too early). Stops the server if it is not ready in time."""
+        assert self.proc is not None, "not launched"
+        seen: list[int] = []
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+            self.check_alive()
             try:
-                if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
-                    return
+                seen.append(httpx.get(self.url + self.ready_path, timeout=2.0).status_code)
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+                time.sleep(0.05)
+                continue
+            if seen[-1] == 200:
+                return seen
+            time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if the server has exited."""
+        assert self.proc is not None, "not launched"
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+            )
 
     @property
     def name(self) -> str:
@@ -137,11 +152,15 @@ class ManagedServer:
         kib = proc_status_kib(self.pid, "VmHWM")
         return None if kib is None else kib / 1024.0
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def log(self) -> str:
+        """Everything the server wrote so far (empty if its log cannot be read)."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log()[-chars:]
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,15 +32,9 @@ class _Prediction:
 class RecentPredictions:
     """An LRU of request id -> predicted label, with expiry."""
 
-    def __init__(
-        self,
-        capacity: int,
-        ttl_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, capacity: int, ttl_seconds: float) -> None:
         self.capacity = capacity
         self.ttl = ttl_seconds
-        self._clock = clock
         self._items: OrderedDict[str, _Prediction] = OrderedDict()
         self.signed: SignedIds | None = None  # set once the model is known
 
@@ -50,7 +43,7 @@ class RecentPredictions:
 
     def remember(self, request_id: str, label: int) -> None:
         self._items.pop(request_id, None)
-        self._items[request_id] = _Prediction(label, self._clock() + self.ttl)
+        self._items[request_id] = _Prediction(label, time.monotonic() + self.ttl)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
@@ -71,7 +64,7 @@ class RecentPredictions:
             if carried is not None and not carried[1]:
                 self.remember(request_id, carried[0])
                 entry = self._items[request_id]
-        if entry is not None and entry.expires < self._clock():
+        if entry is not None and entry.expires < time.monotonic():
             del self._items[request_id]
             entry = None
         if entry is None:

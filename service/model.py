@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from abn.bitops import CostTable, cost_table
-from abn.errors import ABNError
+from abn.devices import resolve_device
+from abn.errors import ABNError, ConfigError
 from abn.policy import CompiledPolicy, WidthPolicy
 from abn.preprocess import InputSpec, Normalizer
 from abn.store import ModelDirectory, open_model_dir
@@ -28,18 +29,6 @@ log = logging.getLogger("service")
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served; the message says why and what to do."""
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a
-    silent fallback, because an operator who asks for a GPU wants to know they did not get one."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("ABN_DEVICE=cuda but no CUDA device is available to torch")
-    if setting not in ("cpu", "cuda"):
-        raise ModelLoadError(f"ABN_DEVICE must be auto, cpu or cuda, not {setting!r}")
-    return torch.device(setting)
 
 
 @dataclass(frozen=True)
@@ -83,8 +72,11 @@ class ServedModel:
         """Verify, load, move to the device and fold every width's weights once."""
         started = time.perf_counter()
         try:
-            directory = open_model_dir(path)
             target = resolve_device(device)
+        except ConfigError as err:
+            raise ModelLoadError(f"ABN_DEVICE={device}: {err}") from err
+        try:
+            directory = open_model_dir(path)
             net = directory.load_supernet(target).fold_for_inference()
             policy = directory.load_policy(target)
         except ABNError as err:

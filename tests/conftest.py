@@ -25,7 +25,7 @@ from abn.data import (
 from abn.evaluate import static_accuracy
 from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
 from abn.preprocess import normalize
-from abn.store import ModelCard, save_model_dir, save_policy, update_manifest
+from abn.store import ModelDescription, save_model_dir, save_policy, update_manifest
 from abn.supernet import architecture, build_supernet
 from tests.nets import calibrate
 
@@ -73,7 +73,7 @@ def make_tiny_model_dir(path: Path, data_dir: Path, with_policy: bool = True) ->
         }
         for b in net.bit_candidates
     ]
-    card = ModelCard(
+    card = ModelDescription(
         name="tiny-test",
         version="0.0.1",
         classes=list(FASHION_MNIST_CLASSES),

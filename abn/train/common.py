@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from abn.errors import CheckpointMismatchError, ConfigError
+from abn.devices import resolve_device
+from abn.errors import CheckpointMismatchError
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} asked for but CUDA is not available here")
-    return torch.device(requested)
 
 
 def setup_distributed(device: str = "auto") -> DistContext:

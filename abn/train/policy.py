@@ -34,11 +34,12 @@ from tqdm import tqdm
 from abn.bitops import CostTable, cost_table
 from abn.data import ImageSet
 from abn.datasource import load_for_model
+from abn.devices import resolve_device
 from abn.errors import ConfigError
 from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
 from abn.preprocess import normalize
 from abn.store import ModelDirectory, open_model_dir, save_policy
-from abn.train.common import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from abn.train.common import has_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass

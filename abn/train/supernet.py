@@ -48,7 +48,7 @@ from abn.evaluate import static_accuracy
 from abn.geometry import check_input_geometry
 from abn.preprocess import InputSpec, normalize
 from abn.quant import FULL_PRECISION
-from abn.store import ModelCard, open_model_dir, save_model_dir
+from abn.store import ModelDescription, open_model_dir, save_model_dir
 from abn.supernet import DEFAULT_BIT_CANDIDATES, ResNetSpec, Supernet, architecture
 from abn.train.common import (
     DistContext,
@@ -391,7 +391,7 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
             }
         }
         training["stage1"]["bn_calibration"] = calibrate(net, train, input_spec, cfg)
-        card = ModelCard(
+        card = ModelDescription(
             name=cfg.model_name,
             version=cfg.version,
             classes=list(train.classes),

@@ -17,7 +17,7 @@ from abn.store import (
     MANIFEST,
     POLICY_FILE,
     SUPERNET_FILE,
-    ModelCard,
+    ModelDescription,
     open_model_dir,
     save_model_dir,
     save_policy,
@@ -34,8 +34,8 @@ def model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
 
 
-def card() -> ModelCard:
-    return ModelCard("m", "1.2.3", list(FASHION_MNIST_CLASSES), FASHION_MNIST_INPUT)
+def card() -> ModelDescription:
+    return ModelDescription("m", "1.2.3", list(FASHION_MNIST_CLASSES), FASHION_MNIST_INPUT)
 
 
 def test_save_then_load_gives_the_same_model(tmp_path: Path) -> None:

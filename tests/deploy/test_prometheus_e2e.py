@@ -15,26 +15,23 @@ and stopped by PID.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import math
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
+from loadtest.server import free_port
 from tests.deploy.conftest import DEPLOY
+from tests.service.helpers import ServerProcess, png
 
 JOB = "abn-serve"
 # What Grafana substitutes for its interval variables, sized for a 1 s scrape interval:
@@ -45,25 +42,9 @@ ALL_PODS = {"$namespace": ".*", "$pod": ".*"}
 POLL_SECONDS = 40.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def png(seed: int) -> bytes:
-    """A 28x28 grayscale PNG like the tiny data set: noise and a bright band at a class row."""
-    rng = np.random.default_rng(seed)
-    image = (rng.random((28, 28)) * 60).astype(np.uint8)
-    row = 2 * int(rng.integers(0, 10))
-    image[row : row + 6, 4:24] = 220
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class Process:
-    """A background process with its output in a log file, stopped by its PID."""
+    """Prometheus in the background with its output in a log file, stopped by its PID (``abn
+    serve`` is the tests' :class:`ServerProcess`, which has the same three methods)."""
 
     def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         self.name = name
@@ -90,8 +71,11 @@ class Process:
         self._log.close()
 
 
+Running = Process | ServerProcess
+
+
 def wait_until(
-    what: str, check: Callable[[], bool], processes: list[Process], timeout: float
+    what: str, check: Callable[[], bool], processes: list[Running], timeout: float
 ) -> None:
     """Poll ``check()`` until it is true; fail with the processes' logs after ``timeout``."""
     end = time.monotonic() + timeout
@@ -142,27 +126,22 @@ def panel_queries(scope: dict[str, str]) -> list[tuple[str, str, bool]]:
 @pytest.fixture
 def stack(
     tiny_model_dir: Path, prometheus_binary: str, tmp_path: Path
-) -> Iterator[tuple[str, str, list[Process]]]:
+) -> Iterator[tuple[str, str, list[Running]]]:
     """``abn serve`` and Prometheus, both running; yields their URLs; stops both by PID."""
-    abn_port, prometheus_port = free_port(), free_port()
-    rules = [str(p) for p in sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))]
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config_for_test(abn_port, prometheus_port, rules)))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-    env.update(ABN_TORCH_THREADS="1", ABN_LOG_LEVEL="warning", ABN_DEVICE="cpu")
-    env.update(ABN_MAX_QUEUE_DELAY_SECONDS="0.02")  # let concurrent requests share batches
-    abn_cmd = [str(Path(sys.executable).parent / "abn"), "serve", "--model", str(tiny_model_dir)]
-    processes: list[Process] = []
+    processes: list[Running] = []
     try:
-        processes.append(
-            Process(
-                "abn serve",
-                [*abn_cmd, "--host", "127.0.0.1", "--port", str(abn_port)],
-                tmp_path / "abn.log",
-                env,
-            )
+        abn = ServerProcess(
+            tiny_model_dir,
+            tmp_path / "abn.log",
+            device="cpu",
+            workers=None,  # the server's default, as deployed
+            max_queue_delay_seconds=0.02,  # let concurrent requests share batches
         )
+        processes.append(abn)
+        prometheus_port = free_port()
+        rules = [str(p) for p in sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))]
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump(scrape_config_for_test(abn.port, prometheus_port, rules)))
         processes.append(
             Process(
                 "prometheus",
@@ -177,7 +156,7 @@ def stack(
                 {k: v for k, v in os.environ.items() if not k.startswith("ABN_")},
             )
         )
-        yield f"http://127.0.0.1:{abn_port}", f"http://127.0.0.1:{prometheus_port}", processes
+        yield abn.url, f"http://127.0.0.1:{prometheus_port}", processes
     finally:
         for process in processes:
             process.stop()
@@ -242,7 +221,7 @@ def finite(result: dict) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
-    stack: tuple[str, str, list[Process]],
+    stack: tuple[str, str, list[Running]],
 ) -> None:
     abn, prom, processes = stack
     queries = panel_queries(ALL_PODS)

@@ -6,11 +6,7 @@ import asyncio
 import contextlib
 import io
 import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +17,8 @@ import numpy as np
 from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest.server import ManagedServer
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -136,26 +134,16 @@ async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.Async
 
 
 # -- real processes -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def abn_command() -> list[str]:
-    """The installed ``abn`` console script next to this interpreter, else ``-m commands.abn``."""
-    script = Path(sys.executable).parent / "abn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "commands.abn"]
-
-
 MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize holds the model
 
 
-class ServerProcess:
-    """A real ``abn serve`` on a free port, started in the background: one worker process
-    unless ``workers`` is given. ``model_gate``: a path; while a file exists there, the
-    server's model holds every batch (``model_gate/sitecustomize.py``). ``extra_env``: other
-    environment variables of the server."""
+class ServerProcess(ManagedServer):
+    """A real ``abn serve`` on a free port (the benchmarks' :class:`ManagedServer`), launched
+    in the background on construction: one worker process with one torch thread unless
+    settings say otherwise (a setting of None: the server's default). ``model_gate``: a path;
+    while a file exists there, the server's model holds every batch
+    (``model_gate/sitecustomize.py``). ``extra_env``: other environment variables of the
+    server."""
 
     def __init__(
         self,
@@ -166,64 +154,21 @@ class ServerProcess:
         extra_env: dict[str, str] | None = None,
         **settings: object,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-        env.update({"ABN_TORCH_THREADS": "1", "ABN_LOG_LEVEL": "warning", "ABN_WORKERS": "1"})
-        env.update({f"ABN_{k.upper()}": str(v) for k, v in settings.items()})
-        env.update(extra_env or {})
+        settings = {"torch_threads": 1, "workers": 1, **settings}
+        given = {name: value for name, value in settings.items() if value is not None}
+        super().__init__(model_dir, log_path, **given)
         self.model_gate = model_gate
-        if model_gate is not None:
-            env["ABNTEST_MODEL_GATE"] = str(model_gate)
+        self.extra_env = extra_env or {}
+        self.launch()
+
+    def environment(self) -> dict[str, str]:
+        env = {**super().environment(), **self.extra_env}
+        if self.model_gate is not None:
+            env["ABNTEST_MODEL_GATE"] = str(self.model_gate)
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(MODEL_GATE_SITE), *filter(None, [env.get("PYTHONPATH")])]
             )
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = abn_command() + ["serve", "--model", str(model_dir), "--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--port", str(self.port)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 90.0) -> list[int]:
-        """Poll /readyz until 200; returns the statuses seen on the way."""
-        seen: list[int] = []
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"abn serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                status = httpx.get(self.url + "/readyz", timeout=2.0).status_code
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            seen.append(status)
-            if status == 200:
-                return seen
-            time.sleep(0.02)
-        raise TimeoutError(f"abn serve not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        self.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return env
 
 
 @contextlib.contextmanager

@@ -22,16 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import (
-    Scrape,
-    ServerProcess,
-    abn_command,
-    encode,
-    free_port,
-    png,
-    png_header_only,
-    running_servers,
-)
+from loadtest.server import abn_command, free_port
+
+from .helpers import Scrape, ServerProcess, encode, png, png_header_only, running_servers
 
 pytestmark = pytest.mark.timeout(180)  # a hang fails fast, not after 10 minutes
 
