@@ -324,13 +324,26 @@ def _pct(v: float | None) -> str:
 
 
 def markdown_report(report: dict) -> str:
+    """``report.md``: one section per table of the report, in the order a reader needs them."""
     lines = [f"# {report['model']['name']} {report['model']['version']}: evaluation", ""]
     lines += [
         f"Test set: {report['test_images']} images. BitOps per image; "
         f"cheapest {report['min_bitops']:.4g}, dearest {report['max_bitops']:.4g}.",
         "",
     ]
-    lines += ["## Uniform widths", "", "| widths | BitOps | accuracy (%) |", "|---|---:|---:|"]
+    lines += _uniform_markdown(report)
+    lines += _random_configs_markdown(report.get("random_configs"))
+    lines += _static_mixed_markdown(report.get("static_mixed"))
+    if report.get("adaptive"):
+        lines += _adaptive_markdown(report)
+    lines += versus_markdown(report.get("versus_baselines", []))
+    lines += latency_markdown(report.get("latency"))
+    lines += ["", "![accuracy vs BitOps](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def _uniform_markdown(report: dict) -> list[str]:
+    lines = ["## Uniform widths", "", "| widths | BitOps | accuracy (%) |", "|---|---:|---:|"]
     for s in report["static_uniform"]:
         lines.append(
             f"| all {s['bit_widths'][0]}-bit | {s['bitops']:.4g} | {_pct(s['accuracy'])} |"
@@ -341,68 +354,78 @@ def markdown_report(report: dict) -> str:
             for o in report["uniform_ordering"]
         )
         lines += ["", f"Each width against the next narrower one (pt): {steps}."]
-    rc = report.get("random_configs")
-    if rc:
-        lines += [
-            "",
-            f"## {rc['count']} random per-layer configurations",
-            "",
-            f"accuracy mean {_pct(rc['mean'])} %, min {_pct(rc['min'])} %, "
-            f"max {_pct(rc['max'])} %; "
-            f"against the uniform curve at the same BitOps (log-linear interpolation): mean "
-            f"{100 * rc['mean_gap_to_uniform_curve']:+.2f} pt, worst "
-            f"{100 * rc['min_gap_to_uniform_curve']:+.2f} pt; worst configuration against the "
-            f"cheapest uniform one: {100 * rc['worst_minus_cheapest_uniform']:+.2f} pt.",
-        ]
-    if report.get("static_mixed"):
-        lines += [
-            "",
-            "## Best static mixed configurations (greedy search on validation)",
-            "",
-            "| widths | BitOps | val acc (%) | test acc (%) |",
-            "|---|---:|---:|---:|",
-        ]
-        for s in report["static_mixed"]:
-            lines.append(
-                f"| {','.join(map(str, s['bit_widths']))} | {s['bitops']:.4g} | "
-                f"{_pct(s['val_accuracy'])} | {_pct(s['accuracy'])} |"
-            )
-    if report.get("adaptive"):
-        lines += [
-            "",
-            "## Adaptive policy",
-            "",
-            "| budget | mean BitOps | accuracy (%) | violations | best static ≤ budget (%) "
-            "| gain (pt) | best static ≤ mean BitOps (%) | gain at equal mean BitOps (pt) "
-            "| BitOps saved at equal accuracy |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for a, c in zip(report["adaptive"], report["comparison"], strict=True):
-            gain = c["gain_vs_static_within_budget"]
-            geq = c["gain_at_equal_mean_bitops"]
-            sav = c["bitops_saving_at_equal_accuracy"]
-            lines.append(
-                f"| {a['budget']:.4g} | {a['mean_bitops']:.4g} | {_pct(a['accuracy'])} | "
-                f"{a['violations']} | {_pct(c['best_static_within_budget'])} | "
-                f"{'n/a' if gain is None else f'{100 * gain:+.2f}'} | "
-                f"{_pct(c['best_static_within_mean_bitops'])} | "
-                f"{'n/a' if geq is None else f'{100 * geq:+.2f}'} | "
-                f"{'n/a' if sav is None else f'{100 * sav:.1f} %'} |"
-            )
-        s = report["summary"]
-        lines += [
-            "",
-            f"Budget violations over all test images and budgets: "
-            f"**{s['violations']}**. Best gain at equal mean BitOps: "
-            f"**{_pct(s['best_gain_at_equal_mean_bitops'])} pt**; best BitOps saving "
-            f"at equal accuracy: **{_pct(s['best_bitops_saving'])} %**; worst shortfall "
-            f"against the best static within budget: "
-            f"**{_pct(s['worst_gap_vs_static_within_budget'])} pt**.",
-        ]
-    lines += versus_markdown(report.get("versus_baselines", []))
-    lines += latency_markdown(report.get("latency"))
-    lines += ["", "![accuracy vs BitOps](pareto.png)", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _random_configs_markdown(rc: dict | None) -> list[str]:
+    if not rc:
+        return []
+    return [
+        "",
+        f"## {rc['count']} random per-layer configurations",
+        "",
+        f"accuracy mean {_pct(rc['mean'])} %, min {_pct(rc['min'])} %, "
+        f"max {_pct(rc['max'])} %; "
+        f"against the uniform curve at the same BitOps (log-linear interpolation): mean "
+        f"{100 * rc['mean_gap_to_uniform_curve']:+.2f} pt, worst "
+        f"{100 * rc['min_gap_to_uniform_curve']:+.2f} pt; worst configuration against the "
+        f"cheapest uniform one: {100 * rc['worst_minus_cheapest_uniform']:+.2f} pt.",
+    ]
+
+
+def _static_mixed_markdown(rows: list[dict] | None) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Best static mixed configurations (greedy search on validation)",
+        "",
+        "| widths | BitOps | val acc (%) | test acc (%) |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in rows:
+        lines.append(
+            f"| {','.join(map(str, s['bit_widths']))} | {s['bitops']:.4g} | "
+            f"{_pct(s['val_accuracy'])} | {_pct(s['accuracy'])} |"
+        )
+    return lines
+
+
+def _signed_pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}"
+
+
+def _adaptive_markdown(report: dict) -> list[str]:
+    lines = [
+        "",
+        "## Adaptive policy",
+        "",
+        "| budget | mean BitOps | accuracy (%) | violations | best static ≤ budget (%) "
+        "| gain (pt) | best static ≤ mean BitOps (%) | gain at equal mean BitOps (pt) "
+        "| BitOps saved at equal accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a, c in zip(report["adaptive"], report["comparison"], strict=True):
+        saving = c["bitops_saving_at_equal_accuracy"]
+        lines.append(
+            f"| {a['budget']:.4g} | {a['mean_bitops']:.4g} | {_pct(a['accuracy'])} | "
+            f"{a['violations']} | {_pct(c['best_static_within_budget'])} | "
+            f"{_signed_pct(c['gain_vs_static_within_budget'])} | "
+            f"{_pct(c['best_static_within_mean_bitops'])} | "
+            f"{_signed_pct(c['gain_at_equal_mean_bitops'])} | "
+            f"{'n/a' if saving is None else f'{100 * saving:.1f} %'} |"
+        )
+    s = report["summary"]
+    lines += [
+        "",
+        f"Budget violations over all test images and budgets: "
+        f"**{s['violations']}**. Best gain at equal mean BitOps: "
+        f"**{_pct(s['best_gain_at_equal_mean_bitops'])} pt**; best BitOps saving "
+        f"at equal accuracy: **{_pct(s['best_bitops_saving'])} %**; worst shortfall "
+        f"against the best static within budget: "
+        f"**{_pct(s['worst_gap_vs_static_within_budget'])} pt**.",
+    ]
+    return lines
 
 
 def versus_markdown(rows: list[dict]) -> list[str]:

@@ -103,6 +103,16 @@ class ServiceMetrics:
         for collector in STANDARD_COLLECTORS:
             r.register(collector)  # the same objects in every registry: they only read
         self.deprecated_names = deprecated_names
+        self._define_request_metrics(r, max_batch_size)
+        self._define_answer_metrics(r)
+        self.budget: Histogram | None = None
+        self.used: Histogram | None = None
+        self.layer_widths: Counter | None = None
+        self.layer_bits: Counter | None = None  # deprecated: abn_layer_width_selections_total
+        self._layer_children: dict[tuple[str, int], tuple[Counter, ...]] = {}
+
+    def _define_request_metrics(self, r: CollectorRegistry, max_batch_size: int) -> None:
+        """How requests travel: counts, durations, queueing, batches."""
         self.requests = Counter(
             "abn_requests_total", "every request", ["route", "status_code"], registry=r
         )
@@ -137,6 +147,10 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livesum",  # several workers: their sum
         )
+
+    def _define_answer_metrics(self, r: CollectorRegistry) -> None:
+        """What the answers were: confidence, expected and live accuracy, budget use, the
+        model (the BitOps metrics wait for the model's cost range: :meth:`bind_model`)."""
         self.feedback = Counter(
             "abn_feedback_total", "live accuracy from /feedback", ["outcome"], registry=r
         )
@@ -164,11 +178,6 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livemax",  # several workers: 1, not one per worker
         )
-        self.budget: Histogram | None = None
-        self.used: Histogram | None = None
-        self.layer_widths: Counter | None = None
-        self.layer_bits: Counter | None = None  # deprecated: abn_layer_width_selections_total
-        self._layer_children: dict[tuple[str, int], tuple[Counter, ...]] = {}
 
     def bind_model(
         self,

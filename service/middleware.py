@@ -88,100 +88,22 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         clock = time.perf_counter()
-        arrival = time.monotonic()  # the request clock (see service.engine)
-        scope[ARRIVAL_KEY] = arrival
-        given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
-        valid = len(given) == 0 or (
-            len(given) == 1 and _REQUEST_ID_RE.fullmatch(given[0]) is not None
-        )
-        request_id = given[0] if given and valid else uuid.uuid4().hex
-        scope[REQUEST_ID_KEY] = request_id
-        scope[GENERATED_ID_KEY] = not given
-        scope[ACCESS_KEY] = {}
-        id_token = request_id_var.set(request_id)
-        status = 500
-        started = False
-        body_done = False
-        body_deadline = arrival + self.body_timeout
-
-        async def receive_in_time() -> Message:
-            nonlocal body_done
-            if body_done:  # after the body: waits for a disconnect, with no deadline
-                return await receive()
-            try:
-                async with asyncio.timeout_at(body_deadline):
-                    message = await receive()
-            except TimeoutError:
-                log.info(
-                    "request %s: %s %s: the body did not arrive within %gs; 408, connection closed",
-                    request_id,
-                    scope.get("method"),
-                    _loggable_path(scope),
-                    self.body_timeout,
-                )
-                raise BodyTimeout(
-                    f"the request body did not fully arrive within {self.body_timeout:g}s "
-                    f"(ABN_BODY_TIMEOUT_SECONDS); the connection is closed"
-                ) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                started = True
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                final_id = scope[REQUEST_ID_KEY]  # the route may have signed it
-                headers.append((b"x-request-id", final_id.encode("latin-1")))
-                request_id_var.set(final_id)  # the access line carries what the client sees
-                if not body_done and _has_body(scope) and not _names_connection(headers):
-                    headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
-            await send(message)
-
+        valid = _identify(scope)
+        exchange = _Exchange(scope, receive, send, self.body_timeout)
+        id_token = request_id_var.set(exchange.request_id)
         try:
-            if not valid:
-                status = 422
-                await _send_error(
-                    send_with_id,
-                    422,
-                    "invalid_request_id",
-                    f"{REQUEST_ID_HEADER} must be given once, 1 to {MAX_REQUEST_ID} visible "
-                    f"ASCII characters (no spaces); omit it to have one generated",
-                )
-            elif scope.get(OVERLOADED_KEY):
-                status = 503
-                await _send_error(
-                    send_with_id,
-                    503,
-                    "overloaded",
-                    "too many connections or requests in flight (ABN_LIMIT_CONCURRENCY); "
-                    "retry shortly",
-                    [(b"retry-after", b"1"), (b"connection", b"close")],
-                )
-            else:
-                await self.app(scope, receive_in_time, send_with_id)
+            await self._dispatch(exchange, valid)
         except ClientDisconnect as gone:
             # The client closed its connection: nothing can be answered and nothing failed.
-            status = CLIENT_CLOSED_REQUEST
+            exchange.status = CLIENT_CLOSED_REQUEST
             where = gone.message if isinstance(gone, ClientGone) else "during the upload"
-            log.info(
-                "request %s: %s %s: the client disconnected %s (499)",
-                request_id,
-                scope.get("method"),
-                _loggable_path(scope),
-                where,
-            )
+            exchange.log_info("the client disconnected %s (499)", where)
         except asyncio.CancelledError:
             # uvicorn cancels the requests still open when the shutdown grace runs out and
             # would answer them with a plain-text 500: answer in the contract's shape instead.
-            if not started:
-                status = 503
+            if not exchange.started:
                 with contextlib.suppress(Exception):
-                    await _send_error(
-                        send_with_id,
+                    await exchange.answer_error(
                         503,
                         "shutting_down",
                         "the server shut down before this request finished; retry on another "
@@ -189,36 +111,139 @@ class RequestContextMiddleware:
                     )
             raise
         except BodyTimeout as late:  # raised where no exception handler answered it
-            if not started:
-                status = 408
-                await _send_error(send_with_id, 408, late.error_type, late.message)
+            if not exchange.started:
+                await exchange.answer_error(408, late.error_type, late.message)
         except Exception:
             log.exception(
                 "request %s: unhandled error in %s %s",
-                request_id,
+                exchange.request_id,
                 scope.get("method"),
                 _loggable_path(scope),
             )
-            if not started:
-                await _send_error(
-                    send_with_id, 500, "internal_error", "internal error; see the server log"
+            if not exchange.started:
+                await exchange.answer_error(
+                    500, "internal_error", "internal error; see the server log"
                 )
         finally:
-            seconds = time.perf_counter() - clock
-            route = route_label(scope, self.known_paths)
-            self.metrics().request_done(route, status, seconds)
-            if self.access_log:
-                recorded = scope.get(ACCESS_KEY, {})
-                access_line(
-                    method=str(scope.get("method", "")),
-                    route=route,
-                    path=str(scope.get("path", "")),
-                    status=status,
-                    latency_ms=seconds * 1000.0,
-                    budget=recorded.get("budget"),
-                    bitops=recorded.get("bitops"),
-                )
+            self._record(scope, exchange.status, time.perf_counter() - clock)
             request_id_var.reset(id_token)
+
+    async def _dispatch(self, exchange: _Exchange, valid_id: bool) -> None:
+        """The app, unless the request is answered here: a bad X-Request-ID (422), or over
+        the concurrency cap (503)."""
+        if not valid_id:
+            await exchange.answer_error(
+                422,
+                "invalid_request_id",
+                f"{REQUEST_ID_HEADER} must be given once, 1 to {MAX_REQUEST_ID} visible "
+                f"ASCII characters (no spaces); omit it to have one generated",
+            )
+        elif exchange.scope.get(OVERLOADED_KEY):
+            await exchange.answer_error(
+                503,
+                "overloaded",
+                "too many connections or requests in flight (ABN_LIMIT_CONCURRENCY); retry shortly",
+                [(b"retry-after", b"1"), (b"connection", b"close")],
+            )
+        else:
+            await self.app(exchange.scope, exchange.receive, exchange.send)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        """The request's metrics and its access line, once its response is done."""
+        route = route_label(scope, self.known_paths)
+        self.metrics().request_done(route, status, seconds)
+        if self.access_log:
+            recorded = scope.get(ACCESS_KEY, {})
+            access_line(
+                method=str(scope.get("method", "")),
+                route=route,
+                path=str(scope.get("path", "")),
+                status=status,
+                latency_ms=seconds * 1000.0,
+                budget=recorded.get("budget"),
+                bitops=recorded.get("bitops"),
+            )
+
+
+def _identify(scope: Scope) -> bool:
+    """Give the request its id (the client's valid X-Request-ID, else a fresh one), its
+    arrival time (the request clock, see service.engine) and an empty access record; whether
+    the client's X-Request-ID, if any, was valid."""
+    scope[ARRIVAL_KEY] = time.monotonic()
+    given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
+    valid = len(given) == 0 or (len(given) == 1 and _REQUEST_ID_RE.fullmatch(given[0]) is not None)
+    scope[REQUEST_ID_KEY] = given[0] if given and valid else uuid.uuid4().hex
+    scope[GENERATED_ID_KEY] = not given
+    scope[ACCESS_KEY] = {}
+    return valid
+
+
+class _Exchange:
+    """One request's passage through the middleware: the ``receive`` and ``send`` the app is
+    given, the status it was answered with, whether its response has started, and whether its
+    body has fully arrived (every read before that runs under the body's deadline)."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, body_timeout: float) -> None:
+        self.scope = scope
+        self.request_id: str = scope[REQUEST_ID_KEY]
+        self._receive, self._send = receive, send
+        self.body_timeout = body_timeout
+        self.body_deadline = scope[ARRIVAL_KEY] + body_timeout
+        self.status = 500
+        self.started = False
+        self.body_done = False
+
+    def log_info(self, what: str, *args: object) -> None:
+        scope = self.scope
+        log.info(
+            "request %s: %s %s: " + what,
+            self.request_id,
+            scope.get("method"),
+            _loggable_path(scope),
+            *args,
+        )
+
+    async def receive(self) -> Message:
+        if self.body_done:  # after the body: waits for a disconnect, with no deadline
+            return await self._receive()
+        try:
+            async with asyncio.timeout_at(self.body_deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.log_info(
+                "the body did not arrive within %gs; 408, connection closed", self.body_timeout
+            )
+            raise BodyTimeout(
+                f"the request body did not fully arrive within {self.body_timeout:g}s "
+                f"(ABN_BODY_TIMEOUT_SECONDS); the connection is closed"
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            headers = list(message.get("headers", []))
+            final_id = self.scope[REQUEST_ID_KEY]  # the route may have signed it
+            headers.append((b"x-request-id", final_id.encode("latin-1")))
+            request_id_var.set(final_id)  # the access line carries what the client sees
+            if not self.body_done and _has_body(self.scope) and not _names_connection(headers):
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+    async def answer_error(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer in the contract's error shape; the status counts even if sending fails."""
+        self.status = status
+        await _send_error(self.send, status, error_type, message, extra_headers)
 
 
 def _loggable_path(scope: Scope) -> str:
