@@ -215,3 +215,12 @@ def test_model_volume_holds_the_model_directory(build: str, built: dict) -> None
     # The default names the shipped model, as docs/operations.md copies it in.
     assert (ROOT / "model_store" / model_dir.name / "manifest.json").is_file()
     assert "ABN_MODEL_DIR" not in env(built[build.split("+")[0]]["objects"])  # image's own
+
+
+def test_operations_doc_names_every_kustomization() -> None:
+    """A base, overlay or component nobody can find is one nobody uses."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    roots = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    assert len(roots) == 2 + len(COMPONENTS)
+    for root in roots:
+        assert str(root.relative_to(ROOT)) in doc, f"docs/operations.md does not name {root}"
