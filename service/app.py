@@ -24,6 +24,8 @@ from service.routes import router
 from service.schemas import REQUEST_ID_HEADER_DOC
 from service.settings import Settings
 from service.state import Loader, ServiceState, load_from_settings
+from service.v2 import add_infer_route
+from service.v2 import router as v2_router
 
 API_VERSION = "1.0.0"
 # Where Swagger UI's script, stylesheet and icon are served from: files installed with the
@@ -81,11 +83,16 @@ def create_app(
     app.openapi = _document(app)  # type: ignore[method-assign]
     add_classify_route(app.router)  # first, as it is the first path of the document
     app.include_router(router)
+    app.include_router(v2_router)
+    add_infer_route(app.router)
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=lambda: state.metrics,
-        known_paths=[CLASSIFY_PATH, *(getattr(r, "path", "") for r in router.routes)],
+        known_paths=[
+            CLASSIFY_PATH,
+            *(getattr(r, "path", "") for r in [*router.routes, *v2_router.routes]),
+        ],
         body_timeout_seconds=settings.body_timeout_seconds,
         access_log=settings.access_log,
     )

@@ -50,21 +50,24 @@ def parse_budget_number(text: str) -> float:
     return value
 
 
-def parse_budget_header(values: Sequence[str], table: CostTable) -> float:
+def parse_budget_header(
+    values: Sequence[str], table: CostTable, name: str = "X-BitOps-Budget"
+) -> float:
     """The budget of one request from its ``X-BitOps-Budget`` header(s), checked as feasible.
+    ``name``: what the client called it, for the message (a v2 request parameter).
 
     Raises :class:`abn.errors.BudgetError`, whose message states the feasible range.
     """
     if len(values) != 1:
         raise BudgetError(
-            f"X-BitOps-Budget was given {len(values)} times; give it once",
+            f"{name} was given {len(values)} times; give it once",
             table.min_bitops,
             table.max_bitops,
         )
     try:
         budget = parse_budget_number(values[0])
     except BudgetSyntaxError as err:
-        raise BudgetError(f"X-BitOps-Budget: {err}", table.min_bitops, table.max_bitops) from err
+        raise BudgetError(f"{name}: {err}", table.min_bitops, table.max_bitops) from err
     check_budget(table, budget)
     return budget
 
@@ -73,27 +76,35 @@ class WidthsError(ValueError):
     """An ``X-Bit-Widths`` header that is not a list of candidate widths of the right length."""
 
 
+class PinnedOverBudgetError(BudgetError):
+    """A pinned configuration that costs more than the budget that applies."""
+
+
 def parse_bit_widths(
-    values: Sequence[str], bit_candidates: Sequence[int], num_layers: int
+    values: Sequence[str],
+    bit_candidates: Sequence[int],
+    num_layers: int,
+    name: str = "X-Bit-Widths",
 ) -> list[int]:
     """One width per switchable layer from ``X-Bit-Widths`` (``4`` or ``8,4,4,...``).
+    ``name``: what the client called it, for the message (a v2 request parameter).
 
     Raises :class:`WidthsError` naming the allowed widths and the expected count.
     """
     allowed = ", ".join(str(b) for b in bit_candidates)
     usage = (
-        f"X-Bit-Widths takes one width for all {num_layers} switchable layers or exactly "
+        f"{name} takes one width for all {num_layers} switchable layers or exactly "
         f"{num_layers} comma-separated widths, each one of {allowed}"
     )
     if len(values) != 1:
-        raise WidthsError(f"X-Bit-Widths was given {len(values)} times; {usage}")
+        raise WidthsError(f"{name} was given {len(values)} times; {usage}")
     parts = [p.strip(" \t") for p in values[0].split(",")]
     if len(parts) > 4 * num_layers + 16:
-        raise WidthsError(f"X-Bit-Widths has {len(parts)} entries; {usage}")
+        raise WidthsError(f"{name} has {len(parts)} entries; {usage}")
     widths: list[int] = []
     for part in parts:
         if _WIDTH_RE.fullmatch(part) is None:
-            raise WidthsError(f"X-Bit-Widths entry {_shown(part)} is not a width; {usage}")
+            raise WidthsError(f"{name} entry {_shown(part)} is not a width; {usage}")
         bits = int(part)
         if bits not in bit_candidates:
             raise WidthsError(f"{UnknownBitWidthError(bits, tuple(bit_candidates))}; {usage}")
@@ -107,14 +118,20 @@ def parse_bit_widths(
 
 
 def check_pinned_fits(
-    widths: Sequence[int], budget: float, table: CostTable, budget_given: bool
+    widths: Sequence[int],
+    budget: float,
+    table: CostTable,
+    budget_given: bool,
+    names: tuple[str, str] = ("X-BitOps-Budget", "X-Bit-Widths"),
 ) -> float:
-    """The BitOps of a pinned configuration, refusing one that costs more than ``budget``."""
+    """The BitOps of a pinned configuration, refusing one that costs more than ``budget``
+    (:class:`PinnedOverBudgetError`). ``names``: what the client called the budget and the
+    widths, for the message."""
     cost = table.cost(list(widths))
     if cost > budget:
-        where = "the X-BitOps-Budget" if budget_given else "the server's default budget"
-        raise BudgetError(
-            f"the X-Bit-Widths configuration costs {cost:.6g} BitOps, above {where} of "
+        where = f"the {names[0]}" if budget_given else "the server's default budget"
+        raise PinnedOverBudgetError(
+            f"the {names[1]} configuration costs {cost:.6g} BitOps, above {where} of "
             f"{budget:.6g}",
             table.min_bitops,
             table.max_bitops,

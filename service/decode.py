@@ -79,14 +79,24 @@ async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
         yield chunk
 
 
-async def read_image_bytes(request: Request, kind: str, limit: int) -> bytes:
-    """The encoded image: the whole body, or the ``image`` field of a multipart body."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to pass ``limit`` bytes."""
     check_content_length(request, limit)
-    stream = _capped(request.stream(), limit)
+    return b"".join([chunk async for chunk in _capped(request.stream(), limit)])
+
+
+async def read_images(request: Request, kind: str, limit: int, max_images: int) -> list[bytes]:
+    """The encoded images: the whole body (one image), or the ``image`` fields of a multipart
+    body (1 to ``max_images``); the body has at most ``limit`` bytes either way."""
     if kind == "image":
-        return b"".join([chunk async for chunk in stream])
+        return [await read_body(request, limit)]
+    check_content_length(request, limit)
     parser = MultiPartParser(
-        request.headers, stream, max_files=8, max_fields=64, max_part_size=limit
+        request.headers,
+        _capped(request.stream(), limit),
+        max_files=max_images + 8,
+        max_fields=64,
+        max_part_size=limit,
     )
     try:
         form = await parser.parse()
@@ -98,14 +108,21 @@ async def read_image_bytes(request: Request, kind: str, limit: int) -> bytes:
             raise InvalidImage(
                 f"the multipart body has no field '{IMAGE_FIELD}'; put the image file there"
             )
-        if len(fields) > 1:  # which one was meant? Refused rather than silently picked
-            raise InvalidImage(
-                f"the multipart body has {len(fields)} fields '{IMAGE_FIELD}'; send exactly one"
+        if len(fields) > max_images:
+            raise PayloadTooLarge(
+                f"the multipart body has {len(fields)} fields '{IMAGE_FIELD}'; at most "
+                f"{max_images} images per request (ABN_MAX_IMAGES_PER_REQUEST, "
+                f"ABN_MAX_QUEUE_SIZE)"
             )
-        field = fields[0]
-        if not isinstance(field, UploadFile):
-            raise InvalidImage(f"the multipart field '{IMAGE_FIELD}' must be a file, not text")
-        return await field.read()
+        images = []
+        for i, field in enumerate(fields):
+            if not isinstance(field, UploadFile):
+                where = f"#{i} " if len(fields) > 1 else ""
+                raise InvalidImage(
+                    f"the multipart field '{IMAGE_FIELD}' {where}must be a file, not text"
+                )
+            images.append(await field.read())
+        return images
     finally:
         await form.close()
 

@@ -1,5 +1,7 @@
 """The HTTP routes of CONTRACT.md but ``POST /classify`` (the hot path, in
-:mod:`service.classify`): health, readiness, metrics, the model card and feedback."""
+:mod:`service.classify`) and the Open Inference Protocol's model routes (:mod:`service.v2`):
+health, readiness (also as the protocol's ``/v2/health/*``), metrics, the model card and
+feedback."""
 
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ from service.state import ServiceState, get_state
 router = APIRouter()
 
 
-def _readiness(state: ServiceState) -> JSONResponse | Readiness:
+def readiness(state: ServiceState) -> JSONResponse | None:
+    """None when this server is ready (every worker); else its 503, with the phase."""
     if state.all_ready:
-        return Readiness(status="ready", model=state.model.name if state.model else None)
+        return None
     err: ServiceError = state.not_ready_error()
     phase = "warming" if state.phase == "ready" else state.phase  # others still warming
     return JSONResponse(
@@ -37,7 +40,12 @@ def _readiness(state: ServiceState) -> JSONResponse | Readiness:
     )
 
 
-_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+def _ready(state: ServiceState) -> JSONResponse | Readiness:
+    model = state.model.name if state.model else None
+    return readiness(state) or Readiness(status="ready", model=model)
+
+
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": NotReadyBody,
         "description": "loading, warming, draining, or failed to load",
@@ -59,21 +67,21 @@ async def live() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses=_READY_RESPONSES,
+    responses=READY_RESPONSES,
     summary="200 once the model is loaded and warm; 503 before that and while draining",
 )
 async def readyz(state: ServiceState = Depends(get_state)) -> Any:
-    return _readiness(state)
+    return _ready(state)
 
 
 @router.get(
     "/v2/health/ready",
     response_model=Readiness,
-    responses=_READY_RESPONSES,
+    responses=READY_RESPONSES,
     summary="the same as /readyz",
 )
 async def ready(state: ServiceState = Depends(get_state)) -> Any:
-    return _readiness(state)
+    return _ready(state)
 
 
 @router.get(

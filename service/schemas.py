@@ -53,6 +53,17 @@ class ClassifyResponse(BaseModel):
     latency_ms: float
 
 
+class ClassifyManyResponse(BaseModel):
+    """``POST /classify`` with several multipart ``image`` fields: one answer per image."""
+
+    id: str = Field(description="the request id (X-Request-ID)")
+    model: ModelRef
+    results: list[ClassifyResponse] = Field(
+        description="one per image, in the order of the fields; each with its own id for "
+        "POST /feedback"
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -214,7 +225,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "unknown or expired request id",
         408: "the body did not arrive within ABN_BODY_TIMEOUT_SECONDS; the connection is closed",
         409: "feedback for this id was already given",
-        413: "the body or the image's pixel count is over the limit",
+        413: "the body, an image or its pixel count, or the number of images is over the limit",
         415: "unsupported Content-Type",
         422: "invalid header or body (budget, bit-widths, request id, label)",
         429: "the queue is full; see Retry-After",

@@ -45,7 +45,18 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(
         10.0, gt=0.0, description="deadline from arrival; a request still queued past it gets 504"
     )
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="largest request body, whatever it holds (one image or several)",
+    )
+    max_images_per_request: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="most images in one request (several multipart 'image' fields on "
+        "/classify, the batch dimension of a v2 infer request); ABN_MAX_QUEUE_SIZE caps it too",
+    )
     max_image_pixels: int = Field(
         40_000_000,
         ge=1,

@@ -1,0 +1,123 @@
+"""From decoded images to answers: the engine's side of every route that classifies.
+
+Each image of a request is one job of the batching engine (its own policy decision under the
+per-image budget, batched with whatever else is queued). A request is answered whole: it is
+admitted whole (when the queue has no room for all its images, none stays queued: 429), and
+when one image fails (deadline, shutdown, the model), the others are cancelled, so the batcher
+drops them before they reach the model, and the request gets that error. The metrics count
+each answered image, as they count a one-image request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import torch
+from starlette.requests import Request
+from starlette.types import Receive
+
+from service.cost import CostRequest
+from service.engine import Answer, BatchingEngine
+from service.errors import ClientGone, DeadlineExceeded
+from service.settings import Settings
+from service.state import ServiceState
+
+
+def submit_all(
+    engine: BatchingEngine,
+    images: Sequence[torch.Tensor],
+    cost: CostRequest,
+    deadline: float,
+    request_id: str,
+) -> list[asyncio.Future[Answer]]:
+    """One job per image; all or none: if the engine refuses one (429, 503), those already
+    queued are cancelled and the refusal is raised."""
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded("the request passed its deadline before it could be queued")
+    futures: list[asyncio.Future[Answer]] = []
+    try:
+        for image in images:
+            futures.append(engine.submit(image, cost.budget, cost.pinned, deadline, request_id))
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return futures
+
+
+async def wait_all(
+    request: Request, futures: list[asyncio.Future[Answer]], deadline: float
+) -> list[Answer]:
+    """Every image's answer, in order; 504 at the deadline; :class:`ClientGone` (499) when the
+    client closes its connection first; the first error of any image. In each failing case
+    every job still pending is cancelled, so the batcher drops it before it reaches the
+    model."""
+    loop = asyncio.get_running_loop()
+    # one image (the usual case) waits on its own future: no gathering future per request
+    waited = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+    watcher = loop.create_task(_disconnected(request.receive), name="abn-disconnect-watch")
+    try:
+        done, _ = await asyncio.wait(
+            (waited, watcher),
+            timeout=max(deadline - time.monotonic(), 0.0),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    except asyncio.CancelledError:
+        _cancel(waited, futures)  # the request task itself was cancelled: the batcher skips them
+        raise
+    finally:
+        watcher.cancel()
+    if waited.done() and not waited.cancelled():
+        if waited.exception() is not None:
+            _cancel(waited, futures)  # one image failed: the rest are not worth running
+            raise waited.exception()  # type: ignore[misc]
+        result = waited.result()
+        return [result] if len(futures) == 1 else list(result)
+    _cancel(waited, futures)
+    if watcher in done:
+        raise ClientGone("while its request waited for the model; the work was dropped")
+    raise DeadlineExceeded(
+        "the request waited past its deadline (ABN_REQUEST_TIMEOUT_SECONDS) for the model"
+    )
+
+
+def count_answers(state: ServiceState, answers: Sequence[Answer], cost: CostRequest) -> None:
+    """Each answered image in the metrics, as a one-image request is."""
+    model = state.loaded_model()
+    for answer in answers:
+        state.metrics.classified(
+            budget=cost.budget,
+            bitops=answer.bitops,
+            layer_names=model.layer_names,
+            widths=answer.widths,
+            confidence=answer.top_probabilities[0],
+            expected_accuracy=model.accuracy.expected(
+                pinned=cost.pinned is not None,
+                budget=cost.budget,
+                widths=answer.widths,
+                bitops=answer.bitops,
+            ),
+        )
+
+
+def _cancel(waited: asyncio.Future, futures: Sequence[asyncio.Future[Answer]]) -> None:
+    """Cancel the jobs, and the gathering future first (a gathering future left to see its
+    children cancelled would hold a CancelledError nobody retrieves, and warn)."""
+    waited.cancel()
+    for future in futures:
+        future.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone. Called after the body has been read, when the next
+    ASGI message can only be ``http.disconnect`` (uvicorn sends it when the socket closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def max_images(settings: Settings) -> int:
+    """The most images one request may carry: ``ABN_MAX_IMAGES_PER_REQUEST``, and never more
+    than the queue holds (such a request could never be admitted)."""
+    return min(settings.max_images_per_request, settings.max_queue_size)

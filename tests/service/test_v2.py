@@ -1,0 +1,377 @@
+"""The Open Inference Protocol (v2) routes through httpx against the ASGI app (in process):
+every input form gives the answers ``POST /classify`` gives, and every guarantee of
+``/classify`` (budgets, pinned widths, auth, limits, metrics per image) holds here too.
+tritonclient against a real server: test_v2_tritonclient.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+
+from .helpers import Scrape, fmnist_like, png, serving
+
+pytestmark = pytest.mark.timeout(120)
+
+MODEL = "tiny-test"
+INFER = f"/v2/models/{MODEL}/infer"
+N_LAYERS = 8
+BUDGET = 100e6
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_input(images: list[bytes]) -> dict[str, Any]:
+    return {
+        "name": "image",
+        "datatype": "BYTES",
+        "shape": [len(images)],
+        "data": [b64(i) for i in images],
+    }
+
+
+def outputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The JSON outputs of a v2 response as arrays of their shapes."""
+    return {
+        o["name"]: np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else None).reshape(
+            o["shape"]
+        )
+        for o in body["outputs"]
+    }
+
+
+def call(
+    make_app: Callable[..., FastAPI],
+    send: Callable[[httpx.AsyncClient], Any],
+    **settings: object,
+) -> Any:
+    async def main() -> Any:
+        async with serving(make_app(**settings)) as client:
+            return await send(client)
+
+    return asyncio.run(main())
+
+
+def test_metadata_and_readiness(make_app: Callable[..., FastAPI]) -> None:
+    async def send(c: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        paths = ["/v2", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready", "/v2/models/other"]
+        paths += ["/v2/models/other/ready", "/v2/health/live", "/v2/health/ready"]
+        return {p: await c.get(p) for p in paths}
+
+    r = call(make_app, send)
+    assert r["/v2"].json()["extensions"] == ["binary_tensor_data"]
+    meta = r[f"/v2/models/{MODEL}"].json()
+    assert meta["name"] == MODEL and meta["versions"] == ["0.0.1"]
+    assert {i["name"]: i["shape"] for i in meta["inputs"]} == {
+        "image": [-1],
+        "pixels": [-1, 1, 28, 28],
+    }
+    assert {o["name"] for o in meta["outputs"]} == {
+        "label",
+        "class_name",
+        "probabilities",
+        "bit_widths",
+        "bitops",
+    }
+    assert r[f"/v2/models/{MODEL}/ready"].json() == {"name": MODEL, "ready": True}
+    for path in ("/v2/models/other", "/v2/models/other/ready"):
+        assert r[path].status_code == 404
+        assert f"'{MODEL}'" in r[path].json()["error"]  # names what is served
+    assert r["/v2/health/live"].status_code == r["/v2/health/ready"].status_code == 200
+
+
+def test_bytes_input_answers_as_classify_does(make_app: Callable[..., FastAPI]) -> None:
+    """Three images in one v2 request: each is answered as /classify answers it alone, and
+    the metrics count three images."""
+    images = [png(i) for i in range(3)]
+
+    async def send(c: httpx.AsyncClient) -> tuple[httpx.Response, list[dict], Scrape, Scrape]:
+        headers = {"X-BitOps-Budget": str(int(BUDGET))}
+        singles = [
+            (await c.post("/classify", content=i, headers={**headers, "Content-Type": "image/png"}))
+            for i in images
+        ]
+        before = Scrape((await c.get("/metrics")).text)
+        body = {"inputs": [image_input(images)], "parameters": {"budget": BUDGET}}
+        v2 = await c.post(INFER, json=body)
+        after = Scrape((await c.get("/metrics")).text)
+        return v2, [s.json() for s in singles], before, after
+
+    v2, singles, before, after = call(make_app, send)
+    assert v2.status_code == 200, v2.text
+    assert v2.headers["content-type"] == "application/json"
+    body = v2.json()
+    assert body["model_name"] == MODEL and body["id"] == v2.headers["x-request-id"]
+    assert body["parameters"]["budget"] == BUDGET and body["parameters"]["policy"] == "adaptive"
+    out = outputs(body)
+    assert out["label"].tolist() == [s["label"] for s in singles]
+    assert out["class_name"].tolist() == [s["class_name"] for s in singles]
+    assert out["bit_widths"].tolist() == [s["bit_widths"] for s in singles]
+    assert out["bitops"].tolist() == [s["bitops"] for s in singles]
+    assert out["probabilities"].shape == (3, 10)
+    assert np.allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    for row, single in zip(out["probabilities"], singles, strict=True):
+        assert row[single["label"]] == pytest.approx(single["confidence"], abs=1e-5)
+    assert after.value("abn_bitops_used_count") - before.value("abn_bitops_used_count") == 3
+    route = {"route": "/v2/models/{name}/infer", "status_code": "200"}
+    assert after.value("abn_requests_total", **route) == 1
+
+
+def _pixels(seeds: list[int]) -> np.ndarray:
+    """uint8 (N, 1, 28, 28): what the model's conversion makes of each seed's PNG."""
+    return np.stack([fmnist_like(s)[None] for s in seeds])
+
+
+def test_pixel_tensors_json_and_binary(make_app: Callable[..., FastAPI]) -> None:
+    """UINT8 and FP32 (0-1) pixels, as JSON data and in the binary part, answer as the
+    same images sent encoded."""
+    pixels = _pixels([3, 4])
+    as_float = (pixels / 255.0).astype("<f4")
+    forms: dict[str, tuple[dict[str, Any], bytes]] = {
+        "uint8-json": (
+            {"name": "pixels", "datatype": "UINT8", "shape": [2, 1, 28, 28]}
+            | {"data": pixels.tolist()},
+            b"",
+        ),
+        "fp32-json": (
+            {"name": "pixels", "datatype": "FP32", "shape": [2, 1, 28, 28]}
+            | {"data": as_float.reshape(-1).tolist()},
+            b"",
+        ),
+        "uint8-binary": (
+            {"name": "pixels", "datatype": "UINT8", "shape": [2, 1, 28, 28]}
+            | {"parameters": {"binary_data_size": pixels.nbytes}},
+            pixels.tobytes(),
+        ),
+        "fp32-binary": (
+            {"name": "pixels", "datatype": "FP32", "shape": [2, 1, 28, 28]}
+            | {"parameters": {"binary_data_size": as_float.nbytes}},
+            as_float.tobytes(),
+        ),
+    }
+
+    async def send(c: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        answers = {"encoded": await c.post(INFER, json={"inputs": [image_input([png(3), png(4)])]})}
+        for name, (tensor, binary) in forms.items():
+            header = json.dumps({"inputs": [tensor]}).encode()
+            headers = {"Inference-Header-Content-Length": str(len(header))} if binary else {}
+            answers[name] = await c.post(INFER, content=header + binary, headers=headers)
+        return answers
+
+    answers = call(make_app, send)
+    expected = outputs(answers["encoded"].json())
+    for name, response in answers.items():
+        assert response.status_code == 200, (name, response.text)
+        got = outputs(response.json())
+        assert got["label"].tolist() == expected["label"].tolist(), name
+        assert got["bitops"].tolist() == expected["bitops"].tolist(), name
+        assert np.allclose(got["probabilities"], expected["probabilities"], atol=1e-5), name
+
+
+def test_binary_outputs(make_app: Callable[..., FastAPI]) -> None:
+    """binary_data_output, and one output asked in JSON among binary ones: the binary part
+    follows the JSON header, in output order, BYTES length-prefixed."""
+    body = {
+        "inputs": [image_input([png(0), png(1)])],
+        "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "class_name"}, {"name": "bitops"}, {"name": "label"}]
+        + [{"name": "bit_widths", "parameters": {"binary_data": False}}],
+    }
+
+    async def send(c: httpx.AsyncClient) -> httpx.Response:
+        return await c.post(INFER, json=body)
+
+    response = call(make_app, send)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    header, binary = json.loads(response.content[:length]), response.content[length:]
+    entries = {o["name"]: o for o in header["outputs"]}
+    assert [o["name"] for o in header["outputs"]] == ["class_name", "bitops", "label", "bit_widths"]
+    assert "data" not in entries["bitops"] and len(entries["bit_widths"]["data"]) == 2 * N_LAYERS
+    sizes = [entries[n]["parameters"]["binary_data_size"] for n in ("class_name", "bitops")]
+    names_raw, bitops_raw = binary[: sizes[0]], binary[sizes[0] : sizes[0] + sizes[1]]
+    labels = np.frombuffer(binary[sizes[0] + sizes[1] :], "<i8")
+    assert len(binary) == sum(sizes) + 16 and labels.shape == (2,)
+    (first,) = struct.unpack_from("<I", names_raw)
+    assert names_raw[4 : 4 + first].decode() in {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
+    assert np.all(np.frombuffer(bitops_raw, "<f8") > 0)
+
+
+def test_budget_and_pinned_widths_as_parameters(make_app: Callable[..., FastAPI]) -> None:
+    one = [image_input([png(0)])]
+    cases = {
+        "pinned": {"bit_widths": "4"},
+        "pinned-int": {"bit_widths": 2, "budget": "50M"},
+        "low": {"budget": 1},
+        "syntax": {"budget": "lots"},
+        "bool": {"budget": True},
+        "widths": {"bit_widths": "5"},
+        "over": {"bit_widths": 8, "budget": "50M"},
+    }
+
+    async def send(c: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        return {
+            k: await c.post(INFER, json={"inputs": one, "parameters": p}) for k, p in cases.items()
+        }
+
+    r = call(make_app, send)
+    pinned = r["pinned"].json()
+    assert pinned["parameters"]["policy"] == "pinned"
+    assert outputs(pinned)["bit_widths"].tolist() == [[4] * N_LAYERS]
+    assert outputs(r["pinned-int"].json())["bit_widths"].tolist() == [[2] * N_LAYERS]
+    expected = {
+        "low": "invalid_budget",
+        "syntax": "invalid_budget",
+        "bool": "invalid_budget",
+        "widths": "invalid_bit_widths",
+        "over": "bit_widths_over_budget",
+    }
+    for case, error_type in expected.items():
+        assert r[case].status_code == 422, (case, r[case].text)
+        body = r[case].json()
+        assert body["error_type"] == error_type, (case, body)
+        assert "X-" not in body["error"], body  # no header was sent: none is named
+        if case != "low":  # the others name what was sent
+            assert "parameter '" in body["error"], body
+    assert "feasible budgets are" in r["low"].json()["error"]
+
+
+def _bad_requests() -> dict[str, tuple[int, dict[str, Any], bytes, dict[str, str]]]:
+    """name: (status, JSON request, binary part, headers)."""
+    img = image_input([png(0)])
+    pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 28, 28]}
+    return {
+        "no inputs": (400, {"inputs": []}, b"", {}),
+        "two inputs": (400, {"inputs": [img, img]}, b"", {}),
+        "unknown input": (400, {"inputs": [{**img, "name": "photo"}]}, b"", {}),
+        "misspelt key": (400, {"inputs": [img], "output": []}, b"", {}),
+        "unknown parameter": (400, {"inputs": [img], "parameters": {"bugdet": 1}}, b"", {}),
+        "unknown output": (400, {"inputs": [img], "outputs": [{"name": "logits"}]}, b"", {}),
+        "classification": (
+            400,
+            {"inputs": [img], "outputs": [{"name": "label", "parameters": {"classification": 3}}]},
+            b"",
+            {},
+        ),
+        "not base64": (400, {"inputs": [{**img, "data": ["%%%"]}]}, b"", {}),
+        "not an image": (400, {"inputs": [{**img, "data": [b64(b"hello")]}]}, b"", {}),
+        "shape and count": (400, {"inputs": [{**img, "shape": [2]}]}, b"", {}),
+        "wrong datatype": (400, {"inputs": [{**img, "datatype": "FP32"}]}, b"", {}),
+        "pixel shape": (400, {"inputs": [{**pixels, "shape": [1, 28, 28], "data": [0]}]}, b"", {}),
+        "pixel range": (400, {"inputs": [{**pixels, "data": [256] * 784}]}, b"", {}),
+        "fp32 range": (
+            400,
+            {"inputs": [{**pixels, "datatype": "FP32", "data": [2.0] * 784}]},
+            b"",
+            {},
+        ),
+        "binary short": (
+            400,
+            {"inputs": [{**pixels, "parameters": {"binary_data_size": 784}}]},
+            b"\x00" * 10,
+            {},
+        ),
+        "too many images": (413, {"inputs": [image_input([png(0)] * 4)]}, b"", {}),
+        "gzip": (415, {"inputs": [img]}, b"", {"Content-Encoding": "gzip"}),
+        "text/plain": (415, {"inputs": [img]}, b"", {"Content-Type": "text/plain"}),
+        "header length": (400, {"inputs": [img]}, b"", {"Inference-Header-Content-Length": "x"}),
+    }
+
+
+def test_bad_requests_are_explicit_and_never_500(make_app: Callable[..., FastAPI]) -> None:
+    cases = _bad_requests()
+
+    async def send(c: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        answers = {}
+        for name, (_, request, binary, headers) in cases.items():
+            header = json.dumps(request).encode()
+            if binary:
+                headers = {**headers, "Inference-Header-Content-Length": str(len(header))}
+            answers[name] = await c.post(INFER, content=header + binary, headers=headers)
+        answers["not json"] = await c.post(INFER, content=b"{", headers={})
+        return answers
+
+    answers = call(make_app, send, max_images_per_request=3)
+    cases["not json"] = (400, {}, b"", {})
+    for name, response in answers.items():
+        assert response.status_code == cases[name][0], (name, response.text)
+        body = response.json()
+        assert set(body) == {"error", "error_type"} and len(body["error"]) > 15, (name, body)
+
+
+def test_auth_and_request_id(make_app: Callable[..., FastAPI]) -> None:
+    request = {"id": "mine", "inputs": [image_input([png(0)])]}
+
+    async def send(c: httpx.AsyncClient) -> list[httpx.Response]:
+        return [
+            await c.post(INFER, json=request),
+            await c.post(INFER, json=request, headers={"Authorization": "Bearer k"}),
+            await c.get(f"/v2/models/{MODEL}"),  # metadata stays open, like /v1/model
+        ]
+
+    refused, answered, metadata = call(make_app, send, api_key="k")
+    assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+    assert answered.status_code == 200 and answered.json()["id"] == "mine"
+    assert answered.json()["parameters"]["request_id"] == answered.headers["x-request-id"]
+    assert metadata.status_code == 200
+
+
+def test_openapi_describes_the_v2_routes(make_app: Callable[..., FastAPI]) -> None:
+    async def send(c: httpx.AsyncClient) -> dict[str, Any]:
+        return (await c.get("/openapi.json")).json()
+
+    paths = call(make_app, send)["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert set(infer["responses"]["200"]["content"]) == {
+        "application/json",
+        "application/octet-stream",
+    }
+    assert {"400", "401", "404", "413", "415", "422", "429", "503", "504"} <= set(
+        infer["responses"]
+    )
+    assert infer["security"] == [{"bearer": []}, {}]
+    for path in ("/v2", "/v2/models/{name}", "/v2/models/{name}/ready", "/v2/health/ready"):
+        assert "get" in paths[path]
+
+
+def test_image_conversion_is_shared(make_app: Callable[..., FastAPI]) -> None:
+    """A large RGB JPEG goes through the same conversion as on /classify (decoded in a
+    thread above the inline size): the same answer either way."""
+    import io
+
+    rgb = Image.fromarray(np.stack([fmnist_like(9, 300)] * 3, axis=-1))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+
+    async def send(c: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        single = await c.post("/classify", content=jpeg, headers={"Content-Type": "image/jpeg"})
+        return single, await c.post(INFER, json={"inputs": [image_input([jpeg])]})
+
+    single, v2 = call(make_app, send)
+    assert outputs(v2.json())["label"].tolist() == [single.json()["label"]]
+    assert outputs(v2.json())["bitops"].tolist() == [single.json()["bitops"]]
