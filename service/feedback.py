@@ -1,8 +1,10 @@
 """Recent predictions by request id, so ``POST /feedback`` can score them (live accuracy).
 
 Bounded twice: at most ``capacity`` ids (least recently answered evicted first) and each for
-``ttl_seconds``; memory stays constant under any load and a label for an old or unknown id is
-a 404, never a guess.
+``ttl_seconds``, after which it is dropped, so at a steady rate the memory holds rate x TTL ids
+at most (about 0.3 KiB each) and a label for an old or unknown id is a 404, never a guess.
+Entries are kept in the order they were remembered, and every one lives the same TTL, so the
+expired ones are always at the front: each ``remember`` drops them there, in O(1) amortized.
 
 An id this process never saw is still scored when it is a signed id that carries its
 prediction (:mod:`service.signed_ids`): answered by another worker or replica. It is then
@@ -22,7 +24,7 @@ from service.signed_ids import SignedIds
 Outcome = Literal["correct", "incorrect"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prediction:
     label: int
     expires: float
@@ -42,9 +44,12 @@ class RecentPredictions:
         return len(self._items)
 
     def remember(self, request_id: str, label: int) -> None:
+        now = time.monotonic()
         self._items.pop(request_id, None)
-        self._items[request_id] = _Prediction(label, time.monotonic() + self.ttl)
+        self._items[request_id] = _Prediction(label, now + self.ttl)
         while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        while next(iter(self._items.values())).expires < now:  # the newest never has
             self._items.popitem(last=False)
 
     def sign(self, generated_id: str, label: int) -> str:
