@@ -36,6 +36,12 @@ class DistContext:
         return self.world_size > 1
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The random draws of one training step (its configurations, its batch and budgets),
+    seeded by (seed, step) alone: a resumed run draws what an uninterrupted one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 def setup_distributed(device: str = "auto") -> DistContext:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -39,7 +39,7 @@ from abn.errors import ConfigError
 from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
 from abn.preprocess import normalize
 from abn.store import ModelDirectory, open_model_dir, save_policy
-from abn.train.common import has_checkpoint, load_checkpoint, save_checkpoint
+from abn.train.common import has_checkpoint, load_checkpoint, save_checkpoint, step_generator
 
 
 @dataclass
@@ -227,7 +227,7 @@ def _train_step(
     table = compiled.table
     device = compiled.device
     k = cfg.samples_per_image
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    gen = step_generator(cfg.seed, step)
     index = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
     budgets = sample_budgets(table, cfg.batch_size, gen).repeat_interleave(k).to(device)
     x = normalize(train.images[index].to(device), md.input_spec).repeat_interleave(k, 0)

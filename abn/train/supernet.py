@@ -56,6 +56,7 @@ from abn.train.common import (
     load_checkpoint,
     save_checkpoint,
     setup_distributed,
+    step_generator,
     teardown_distributed,
 )
 from abn.train.warm_start import warm_start
@@ -185,7 +186,7 @@ def step_configs(
     bits = net.bit_candidates
     if len(bits) == 1:
         return [net.uniform(bits[0])]
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    gen = step_generator(cfg.seed, step)
     layerwise = layerwise_probability(cfg, step, steps_per_epoch)
     configs = [net.uniform(max(bits)), net.uniform(min(bits))]
     for _ in range(cfg.num_random):
@@ -276,129 +277,181 @@ def train_supernet(cfg: SupernetTrainConfig) -> Path:
         teardown_distributed()
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How many steps an epoch has on each process, in all, and of learning-rate warm-up."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @classmethod
+    def for_run(cls, cfg: SupernetTrainConfig, train_images: int, world_size: int) -> Schedule:
+        steps = math.ceil(train_images // world_size / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        return cls(steps, steps * cfg.epochs, int(cfg.warmup_epochs * steps))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every epoch of one training run uses."""
+
+    cfg: SupernetTrainConfig
+    ctx: DistContext
+    net: Supernet
+    model: nn.Module  # the net's joint forward, under DDP when distributed
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    input_spec: InputSpec
+
+
 def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
+    """Build, restore or warm-start, train epoch by epoch (checkpointing each), then
+    calibrate and save the model directory (on the main process)."""
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg)
-    train, val, input_spec = data.splits["train"], data.splits["val"], data.input_spec
+    train = data.splits["train"]
     net = Supernet(model_spec(cfg, len(train.classes))).to(ctx.device)
     optimizer = make_optimizer(net, cfg)
-    per_rank = len(train) // ctx.world_size
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    start_epoch, history = 0, []
-    resuming = cfg.resume and has_checkpoint(cfg.checkpoint_dir)
-    if cfg.init_from and not resuming:
-        warm_start(open_model_dir(cfg.init_from).load_supernet(ctx.device), net)
-        if ctx.is_main:
-            print(f"initialised from the supernet of {cfg.init_from}", flush=True)
-    if resuming:
-        meta = load_checkpoint(cfg.checkpoint_dir, net, optimizer, ctx.device)
-        start_epoch, history = meta["epoch"], meta["history"]
-        if ctx.is_main:
-            print(f"resumed from {cfg.checkpoint_dir} after epoch {start_epoch}", flush=True)
-    model: nn.Module = JointForward(net)
-    if ctx.distributed:
-        model = DistributedDataParallel(
-            model,
-            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True,  # widths a step did not use get no gradient
-        )
-
+    schedule = Schedule.for_run(cfg, len(train), ctx.world_size)
+    start_epoch, history = _restore(cfg, ctx, net, optimizer)
+    run = _Run(cfg, ctx, net, _joint_model(net, ctx), optimizer, schedule, data.input_spec)
     started = time.time()
     for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        aug = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + ctx.rank)
-        batches = iterate_batches(
-            train,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-            epoch=epoch,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not ctx.is_main,
-            mininterval=2.0,
-            dynamic_ncols=True,
-        )
-        seen, t0, loss_sum = 0, time.time(), 0.0
-        for i, (images, labels) in enumerate(batches):
-            if i >= steps_per_epoch:
-                break
-            step = epoch * steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            if cfg.augment:
-                images = random_crop_flip(images, aug)
-            x = normalize(images.to(ctx.device), input_spec)
-            y = labels.to(ctx.device)
-            logits = model(x, step_configs(net, cfg, step, steps_per_epoch))
-            loss, parts = joint_loss(logits, y, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += images.shape[0] * ctx.world_size
-            loss_sum += loss.item()
-            bar.set_postfix(
-                loss=f"{loss.item():.3f}",
-                ce_min=f"{parts.get('ce_min', 0):.3f}",
-                img_s=f"{seen / (time.time() - t0):.0f}",
-            )
-            bar.update(1)
-        bar.close()
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(1, steps_per_epoch),
-            "seconds": time.time() - t0,
-        }
+        record = _train_epoch(run, train, epoch)
         if ctx.is_main:
-            for bits in (max(net.bit_candidates), min(net.bit_candidates)):
-                record[f"val_acc_{bits}bit"] = static_accuracy(
-                    net, val, input_spec, net.uniform(bits)
-                )
-            print(json.dumps(record), flush=True)
-            history.append(record)
-            save_checkpoint(
-                cfg.checkpoint_dir,
-                net,
-                optimizer,
-                {"epoch": epoch + 1, "history": history, "config": asdict(cfg)},
-            )
+            _end_epoch(run, data.splits["val"], record, history)
         if ctx.distributed:
             torch.distributed.barrier()
-
     if cfg.param_digest:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = cfg.checkpoint_dir / f"rank{ctx.rank}.params.sha256"
         path.write_text(param_digest(net) + "\n")
-
     out = Path(cfg.out) if cfg.out else default_out(cfg.model_name)
     if ctx.is_main:
-        training = {
-            "stage1": {
-                "config": asdict(cfg),
-                "history": history,
-                "wall_seconds_this_run": time.time() - started,
-                "world_size": ctx.world_size,
-                "device": str(ctx.device),
-            }
+        stage1 = {
+            "config": asdict(cfg),
+            "history": history,
+            "wall_seconds_this_run": time.time() - started,
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
         }
-        training["stage1"]["bn_calibration"] = calibrate(net, train, input_spec, cfg)
-        card = ModelDescription(
-            name=cfg.model_name,
-            version=cfg.version,
-            classes=list(train.classes),
-            input_spec=input_spec,
-            training=training,
-            data=data.record,
-        )
-        save_model_dir(out, net.cpu().eval(), card)
-        print(f"saved model directory {out}; next: abn train policy --model {out}", flush=True)
+        _save(cfg, net, data, stage1, out)
     return out
+
+
+def _restore(
+    cfg: SupernetTrainConfig, ctx: DistContext, net: Supernet, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict]]:
+    """Resume this run's checkpoint (``--resume``), else start from another model's supernet
+    (``--init-from``), else from scratch; the epoch to start at and the history so far."""
+    if cfg.resume and has_checkpoint(cfg.checkpoint_dir):
+        meta = load_checkpoint(cfg.checkpoint_dir, net, optimizer, ctx.device)
+        if ctx.is_main:
+            print(f"resumed from {cfg.checkpoint_dir} after epoch {meta['epoch']}", flush=True)
+        return meta["epoch"], meta["history"]
+    if cfg.init_from:
+        warm_start(open_model_dir(cfg.init_from).load_supernet(ctx.device), net)
+        if ctx.is_main:
+            print(f"initialised from the supernet of {cfg.init_from}", flush=True)
+    return 0, []
+
+
+def _joint_model(net: Supernet, ctx: DistContext) -> nn.Module:
+    """Every configuration of a step in one forward call; under DDP when distributed."""
+    model: nn.Module = JointForward(net)
+    if not ctx.distributed:
+        return model
+    return DistributedDataParallel(
+        model,
+        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=True,  # widths a step did not use get no gradient
+    )
+
+
+def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The crops and flips of one epoch on one process, seeded by (seed, epoch, rank) alone."""
+    return torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank)
+
+
+def _train_epoch(run: _Run, train: ImageSet, epoch: int) -> dict:
+    """One epoch of joint steps; its record (mean loss, seconds) for the history."""
+    cfg, ctx, schedule, optimizer = run.cfg, run.ctx, run.schedule, run.optimizer
+    run.net.train()
+    aug = augmentation_generator(cfg.seed, epoch, ctx.rank)
+    batches = iterate_batches(
+        train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        epoch=epoch,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    bar = tqdm(
+        total=schedule.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not ctx.is_main,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
+    seen, t0, loss_sum = 0, time.time(), 0.0
+    for i, (images, labels) in enumerate(batches):
+        if i >= schedule.steps_per_epoch:
+            break
+        step = epoch * schedule.steps_per_epoch + i
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule.total_steps, schedule.warmup_steps, cfg.lr)
+        if cfg.augment:
+            images = random_crop_flip(images, aug)
+        x = normalize(images.to(ctx.device), run.input_spec)
+        logits = run.model(x, step_configs(run.net, cfg, step, schedule.steps_per_epoch))
+        loss, parts = joint_loss(logits, labels.to(ctx.device), cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += images.shape[0] * ctx.world_size
+        loss_sum += loss.item()
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}",
+            ce_min=f"{parts.get('ce_min', 0):.3f}",
+            img_s=f"{seen / (time.time() - t0):.0f}",
+        )
+        bar.update(1)
+    bar.close()
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(1, schedule.steps_per_epoch),
+        "seconds": time.time() - t0,
+    }
+
+
+def _end_epoch(run: _Run, val: ImageSet, record: dict, history: list[dict]) -> None:
+    """On the main process: the widest and narrowest widths' validation accuracy into the
+    epoch's record, the record into the history, and a checkpoint."""
+    net = run.net
+    for bits in (max(net.bit_candidates), min(net.bit_candidates)):
+        record[f"val_acc_{bits}bit"] = static_accuracy(net, val, run.input_spec, net.uniform(bits))
+    print(json.dumps(record), flush=True)
+    history.append(record)
+    meta = {"epoch": record["epoch"], "history": history, "config": asdict(run.cfg)}
+    save_checkpoint(run.cfg.checkpoint_dir, net, run.optimizer, meta)
+
+
+def _save(
+    cfg: SupernetTrainConfig, net: Supernet, data: TrainingData, stage1: dict, out: Path
+) -> None:
+    """Calibrate every BN pair, then write the model directory with how it was trained."""
+    train = data.splits["train"]
+    stage1["bn_calibration"] = calibrate(net, train, data.input_spec, cfg)
+    card = ModelDescription(
+        name=cfg.model_name,
+        version=cfg.version,
+        classes=list(train.classes),
+        input_spec=data.input_spec,
+        training={"stage1": stage1},
+        data=data.record,
+    )
+    save_model_dir(out, net.cpu().eval(), card)
+    print(f"saved model directory {out}; next: abn train policy --model {out}", flush=True)
