@@ -37,6 +37,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS builder
 # The wheel index torch comes from: CPU by default, a CUDA index (cu128, ...) for GPU images.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# g++ compiles the bit-serial kernels (ABN_BACKEND=bitserial) below; the runtime stage gets
+# only the built libraries (libstdc++ linked in statically), not the compiler.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 RUN python3 -m venv /opt/venv \
@@ -47,6 +53,7 @@ COPY service ./service
 COPY loadtest ./loadtest
 COPY commands ./commands
 RUN /opt/venv/bin/pip install --constraint constraints.txt . \
+    && /opt/venv/bin/python -m abn.bitserial \
     && /opt/venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---- runtime -------------------------------------------------------------------------------

@@ -25,9 +25,17 @@ $(BIN)/.installed-dev: $(BIN)/.installed
 	$(PIP) -e '.[dev]'
 	touch $@
 
-venv: $(BIN)/.installed
+# the bit-serial kernels (ABN_BACKEND=bitserial, abn/bitserial/): compiled at install with the
+# system's g++ into abn/bitserial/_build/, rebuilt when their source changes
+BITSERIAL_APT_PACKAGES := g++
+$(BIN)/.bitserial: $(BIN)/.installed abn/bitserial/csrc/bitserial.cpp abn/bitserial/build.py
+	scripts/apt-install.sh $(BITSERIAL_APT_PACKAGES)
+	$(BIN)/python -m abn.bitserial
+	touch $@
 
-dev-venv: $(BIN)/.installed-dev
+venv: $(BIN)/.installed $(BIN)/.bitserial
+
+dev-venv: $(BIN)/.installed-dev $(BIN)/.bitserial
 
 system-deps:
 	scripts/apt-install.sh $(APT_PACKAGES)
@@ -73,4 +81,4 @@ wheel: venv
 	$(BIN)/pip wheel --no-deps --no-build-isolation --wheel-dir dist .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache dist build
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build abn/bitserial/_build

@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +209,7 @@ class SwitchableConvBN(nn.Module):
         self.bn = TransitionalBatchNorm2d(
             out_channels, self.input_widths, self.bit_candidates, bn_mode, name
         )
-        self._folded: _FoldedConv | None = None
+        self._folded: InferenceForm | None = None
 
     def check_bits(self, bits: int) -> int:
         """``bits`` as an int, or :class:`UnknownBitWidthError` (a float such as 4.0 included)."""
@@ -255,10 +256,27 @@ class SwitchableConvBN(nn.Module):
         scale, shift = self.bn.affine_table()
         self._folded = _FoldedConv(weights, steps, scale, shift, self.bn)
 
+    def use_inference_form(self, form: InferenceForm) -> None:
+        """Run eval-mode forwards through ``form``, another backend's frozen form of this
+        layer computing the same arithmetic (abn.bitserial); training mode drops it as it
+        drops the float one."""
+        if self.training:
+            raise RuntimeError(f"{self.name}: an inference form is for eval mode only")
+        self._folded = form
+
     def train(self, mode: bool = True) -> SwitchableConvBN:
         if mode:
             self._folded = None  # weights will change; a stale cache would be silently wrong
         return super().train(mode)
+
+
+class InferenceForm(Protocol):
+    """A switchable layer frozen for inference: its output at ``bits`` for input ``x`` whose
+    samples were produced at ``in_bits`` (one width, or one per sample)."""
+
+    def run(
+        self, x: torch.Tensor, bits: int, in_bits: HostWidths, stride: int, padding: int
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

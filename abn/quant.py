@@ -166,11 +166,25 @@ class SwitchableWeightQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         if bits >= FULL_PRECISION:
             return weight
-        step = self.steps[str(bits)].abs() + 1e-8
+        step = self.step(bits)
         if bits == 1:
             return binarize(weight, step)
         low, high = signed_levels(bits)
         return lsq_quantize(weight, step, low, high)
+
+    def step(self, bits: int) -> torch.Tensor:
+        """The step (at 1 bit the scale) of width ``bits``, as :meth:`forward` applies it."""
+        return self.steps[str(bits)].abs() + 1e-8
+
+    @torch.no_grad()
+    def integer_levels(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        """The integer level of every weight at ``bits``, so that :meth:`forward` is
+        ``levels * step(bits)``: in ``signed_levels(bits)``, or ``{-1, +1}`` at 1 bit. For
+        integer kernels (abn.bitserial), which compute with the levels and scale afterwards."""
+        if bits == 1:
+            return torch.where(weight >= 0, 1, -1)
+        low, high = signed_levels(bits)
+        return torch.clamp(weight / self.step(bits), low, high).round_().long()
 
 
 class MaxAbsWeightQuantizer(nn.Module):

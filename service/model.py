@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from abn.bitops import CostTable, cost_table
+from abn.bitserial import BitSerialUnavailableError, use_bitserial
 from abn.devices import resolve_device
 from abn.errors import ABNError, ConfigError
 from abn.policy import CompiledPolicy, WidthPolicy
@@ -25,6 +26,8 @@ from abn.supernet import Supernet
 from service.accuracy import AccuracyTables
 
 log = logging.getLogger("service")
+
+BACKENDS = ("float", "bitserial")  # ABN_BACKEND
 
 
 class ModelLoadError(RuntimeError):
@@ -52,12 +55,14 @@ class ServedModel:
         policy: WidthPolicy | None,
         table: CostTable,
         device: torch.device,
+        backend: str = "float",
     ) -> None:
         self.directory = directory
         self.net = net
         self.policy = policy
         self.table = table
         self.device = device
+        self.backend = backend  # how the switchable layers compute (BACKENDS)
         self.input_spec: InputSpec = directory.input_spec
         self.classes: list[str] = directory.classes
         self.name = str(directory.manifest.get("name", directory.path.name))
@@ -68,8 +73,9 @@ class ServedModel:
         self.normalizer = Normalizer.for_spec(self.input_spec, device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> ServedModel:
-        """Verify, load, move to the device and fold every width's weights once."""
+    def load(cls, path: str | Path, device: str = "auto", backend: str = "float") -> ServedModel:
+        """Verify, load, move to the device and fold every width's weights once (packed into
+        bit-planes as well for the bit-serial backend)."""
         started = time.perf_counter()
         try:
             target = resolve_device(device)
@@ -85,6 +91,15 @@ class ServedModel:
             raise ModelLoadError(
                 f"cannot load the model directory {path}: {type(err).__name__}: {err}"
             ) from err
+        if backend not in BACKENDS:
+            raise ModelLoadError(
+                f"ABN_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}"
+            )
+        if backend == "bitserial":
+            try:
+                use_bitserial(net)
+            except BitSerialUnavailableError as err:
+                raise ModelLoadError(f"ABN_BACKEND=bitserial: {err}") from err
         table = cost_table(net)
         if len(directory.classes) != net.spec.num_classes:
             raise ModelLoadError(
@@ -99,7 +114,7 @@ class ServedModel:
             time.perf_counter() - started,
             "learned" if policy is not None else "fallback",
         )
-        return cls(directory, net, policy, table, target)
+        return cls(directory, net, policy, table, target, backend)
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -151,6 +166,7 @@ class ServedModel:
             "architecture": str(manifest.get("architecture", {}).get("name", "")),
             "policy": self.policy_kind,
             "device": str(self.device),
+            "backend": self.backend,
         }
 
     # -- inference --------------------------------------------------------------------------

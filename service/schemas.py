@@ -188,6 +188,11 @@ class ModelCard(BaseModel):
         "width that fits the budget"
     )
     device: str
+    backend: Literal["float", "bitserial"] = Field(
+        description="how the switchable layers compute (ABN_BACKEND): float simulates "
+        "quantization, so every width costs the same time; bitserial runs popcount kernels "
+        "whose time falls with BitOps"
+    )
 
 
 class FeedbackRequest(BaseModel):

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when available, else CPU"
     )
+    backend: Literal["float", "bitserial"] = Field(
+        "float",
+        description="how the switchable layers compute: float (quantization simulated in "
+        "float32, every width costs the same time) or bitserial (popcount kernels on the CPU "
+        "whose time falls with BitOps; needs AVX-512 VPOPCNTDQ, refused without it; "
+        "docs/bitserial.md)",
+    )
     default_budget: float | None = Field(
         None,
         description="BitOps budget for requests without X-BitOps-Budget (same syntax as the "
@@ -173,7 +180,14 @@ class Settings(BaseSettings):
 # ABN_* variables that are not service settings: read by the model library (abn/data.py) or
 # used by compose.yaml for its own substitutions. Not errors when present.
 OTHER_ABN_VARIABLES = frozenset(
-    {"ABN_FASHION_MNIST_DIR", "ABN_HOST_PORT", "ABN_GPU_HOST_PORT", "ABN_BIND_ADDRESS"}
+    {
+        "ABN_FASHION_MNIST_DIR",
+        "ABN_HOST_PORT",
+        "ABN_GPU_HOST_PORT",
+        "ABN_BIND_ADDRESS",
+        "ABN_MODEL_STORE",
+        "ABN_MODEL_NAME",
+    }
 )
 
 

@@ -34,7 +34,7 @@ Loader = Callable[[Settings], ServedModel]
 
 
 def load_from_settings(settings: Settings) -> ServedModel:
-    return ServedModel.load(settings.model_dir, settings.device)
+    return ServedModel.load(settings.model_dir, settings.device, settings.backend)
 
 
 def feedback_key(settings: Settings) -> bytes:

@@ -1,0 +1,40 @@
+"""ServedModel with ABN_BACKEND: the bit-serial backend answers as the float one, or is
+refused at load with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abn.bitserial import cpu
+from service.model import ModelLoadError, ServedModel
+
+RUNNABLE = not cpu.missing_flags("avx512")
+
+
+def test_bitserial_is_refused_where_the_cpu_lacks_vpopcntdq(monkeypatch, tiny_model_dir) -> None:
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"popcnt", "avx512f"}))
+    with pytest.raises(ModelLoadError, match="ABN_BACKEND=bitserial") as err:
+        ServedModel.load(tiny_model_dir, "cpu", "bitserial")
+    assert "avx512_vpopcntdq" in str(err.value) and "ABN_BACKEND=float" in str(err.value)
+
+
+def test_an_unknown_backend_names_the_known_ones(tiny_model_dir) -> None:
+    with pytest.raises(ModelLoadError, match="float, bitserial"):
+        ServedModel.load(tiny_model_dir, "cpu", "int8")
+
+
+@pytest.mark.skipif(not RUNNABLE, reason="this CPU cannot run the avx512 kernel")
+def test_bitserial_answers_as_float_under_the_policy(tiny_model_dir) -> None:
+    float_model = ServedModel.load(tiny_model_dir, "cpu", "float")
+    bitserial = ServedModel.load(tiny_model_dir, "cpu", "bitserial")
+    assert (float_model.card()["backend"], bitserial.card()["backend"]) == ("float", "bitserial")
+    images = torch.randint(0, 256, (48, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8)
+    budgets = torch.linspace(float_model.min_bitops, float_model.max_bitops, 48).double()
+    expected = float_model.infer(images, budgets, None)
+    got = bitserial.infer(images, budgets, None)
+    assert torch.equal(expected.widths, got.widths)
+    assert torch.equal(expected.bitops, got.bitops)
+    assert torch.equal(expected.probabilities.argmax(1), got.probabilities.argmax(1))
+    torch.testing.assert_close(got.probabilities, expected.probabilities, atol=1e-3, rtol=0)
