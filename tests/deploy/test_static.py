@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 import yaml
 
+from service.settings import OTHER_ABN_VARIABLES, Settings
 from tests.deploy.conftest import DEPLOY, ROOT, run
 
 # The metric families of the contract (shared/CONTRACT.md); histograms add _bucket/_sum/_count.
@@ -318,6 +319,16 @@ def test_operations_doc_describes_every_panel_and_alert() -> None:
         assert f"**{title}**" in doc, f"docs/operations.md does not describe panel {title!r}"
     for alert, _ in rule_exprs():
         assert f"### {alert}\n" in doc, f"docs/operations.md has no section for {alert}"
+
+
+def test_every_abn_variable_compose_reads_is_one_abn_serve_accepts() -> None:
+    """compose.yaml's own substitutions (${ABN_MODEL_NAME}, ...) come from .env or the shell,
+    where `abn serve` sees them too and stops at an ABN_* name it does not know."""
+    read = set(re.findall(r"\$\{(ABN_\w+)", (ROOT / "compose.yaml").read_text()))
+    example = set(re.findall(r"^(ABN_\w+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert {"ABN_MODEL_STORE", "ABN_MODEL_NAME"} <= read and example <= read
+    settings = {f"ABN_{name.upper()}" for name in Settings.model_fields}
+    assert read - settings - OTHER_ABN_VARIABLES == set()
 
 
 def test_compose_secrets_are_ignored_and_the_example_is_committed() -> None:
