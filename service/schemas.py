@@ -11,7 +11,7 @@ class ErrorBody(BaseModel):
     """Every error: what went wrong (with what is allowed) and a stable machine-readable type."""
 
     error: str = Field(description="what was wrong and what is allowed")
-    error_type: str = Field(description="stable identifier, e.g. budget_out_of_range")
+    error_type: str = Field(description="stable identifier, e.g. invalid_budget")
 
 
 class NotReadyBody(ErrorBody):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,50 @@ def test_a_misspelt_setting_stops_abn_serve(
     monkeypatch.setenv("ABN_TORCH_THREADS", "1")
     assert main(["serve"]) == 0 and seen[-1].torch_threads == 1
     assert unknown_variables({"ABN_BODY_TIMEOUT_SECONDS": "1", "PATH": "/bin"}) == []
+
+
+# -- docs/api.md's settings table ------------------------------------------------------------
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+def documented_settings() -> dict[str, str]:
+    """The ``## Settings`` table of docs/api.md: each variable named in a row's first cell ->
+    its default cell (a row naming two variables, ``ABN_HOST``, ``ABN_PORT``, gives two)."""
+    section = API_DOC.read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `ABN_"):
+            continue
+        name_cell, default_cell = (c.strip() for c in line.strip("|").split("|")[:2])
+        names = re.findall(r"`(ABN_[A-Z0-9_]+)`", name_cell)
+        defaults = default_cell.split(", ") if len(names) > 1 else [default_cell]
+        rows.update(zip(names, defaults, strict=True))
+    return rows
+
+
+def shown_default(value: object) -> str:
+    """A setting's default as the table writes it: ``unset`` for None, ``true``/``false``,
+    whole floats without ``.0``."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_settings_table_in_the_docs_is_every_setting_with_its_default() -> None:
+    documented = documented_settings()
+    fields = {f"ABN_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    missing = sorted(fields.keys() - documented.keys())
+    extra = sorted(documented.keys() - fields.keys())
+    assert not missing, f"docs/api.md's settings table has no row for: {', '.join(missing)}"
+    assert not extra, f"docs/api.md's settings table has rows no setting reads: {', '.join(extra)}"
+    wrong = []
+    for name, field in fields.items():
+        cell = re.sub(r"\s*\(.*$", "", documented[name]).strip("`")  # "unset (= ...)": unset
+        expected = shown_default(field.default)
+        if not (cell == expected or (isinstance(field.default, Path) and expected.endswith(cell))):
+            wrong.append(f"{name}: the table says {documented[name]!r}, Settings {expected!r}")
+    assert not wrong, "docs/api.md's settings table gives other defaults:\n" + "\n".join(wrong)
