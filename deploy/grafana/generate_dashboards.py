@@ -71,13 +71,12 @@ def series(metric: str, *matchers: str, **equal: str) -> str:
     return f"{metric}{{{', '.join(every)}}}"
 
 
-def scope_variables() -> list[Any]:
+def scope_variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
     """The data source, namespace and pod variables, in the order Grafana shows them.
 
     The pod list follows the chosen namespace. Values come from ``up`` of the abn-serve job,
     which exists for every discovered replica, serving or not.
     """
-    all_option = VariableOption(selected=True, text="All", value="$__all")
     datasource = (
         dashboard.DatasourceVariable("datasource")
         .label("Data source")
@@ -88,11 +87,12 @@ def scope_variables() -> list[Any]:
     namespace = label_variable("namespace", "Namespace", f"label_values({up}, namespace)")
     pod_up = f'up{{job="{JOB}", namespace=~"$namespace"}}'
     pod = label_variable("pod", "Pod", f"label_values({pod_up}, pod)")
-    return [datasource, namespace.current(all_option), pod.current(all_option)]
+    return [datasource, namespace, pod]
 
 
 def label_variable(name: str, label: str, query: str) -> dashboard.QueryVariable:
-    """A multi-value variable of a label's values, with "All" meaning any value or none."""
+    """A multi-value variable of a label's values, with "All" (the default) meaning any value
+    or none."""
     return (
         dashboard.QueryVariable(name)
         .label(label)
@@ -103,6 +103,7 @@ def label_variable(name: str, label: str, query: str) -> dashboard.QueryVariable
         .multi(True)
         .include_all(True)
         .all_value(ALL)
+        .current(VariableOption(selected=True, text="All", value="$__all"))
     )
 
 

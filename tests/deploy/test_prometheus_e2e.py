@@ -7,9 +7,10 @@ traffic goes in: classifications at random budgets (adaptive and pinned, concurr
 batch), feedback (correct and incorrect), and client errors. Then every PromQL expression of
 every panel of the generated dashboards runs through Prometheus' HTTP API, as Grafana would
 run it, until each returns a finite value: with the dashboard's namespace and pod variables at
-"All" (``.*``), as in compose, whose Prometheus adds neither label. With a pod that does not
-exist, no panel has data: every query is filtered by the variables. Both processes are started
-and stopped by PID.
+"All" (``.*``), as in compose, whose Prometheus adds neither label; the variables' own
+``label_values`` queries run as well (and list nothing here). With a pod that does not exist,
+no panel has data: every query is filtered by the variables. Both processes are started and
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -105,6 +107,22 @@ def scrape_config_for_test(abn_port: int, prometheus_port: int, rules: list[str]
     assert JOB in {job["job_name"] for job in config["scrape_configs"]}
     config["rule_files"] = rules
     return config
+
+
+def variable_queries() -> list[tuple[str, str]]:
+    """(label, series selector) of every ``label_values(selector, label)`` variable, with the
+    variables it refers to at "All"."""
+    out = []
+    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
+        for variable in json.loads(path.read_text())["templating"]["list"]:
+            if variable["type"] == "query":
+                match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"])
+                assert match, variable["query"]
+                selector = match.group(1)
+                for name, value in ALL_PODS.items():
+                    selector = selector.replace(name, value)
+                out.append((match.group(2), selector))
+    return out
 
 
 def panel_queries(scope: dict[str, str]) -> list[tuple[str, str, bool]]:
@@ -280,6 +298,17 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         wait_until("panels without data", every_panel_has_data, processes, POLL_SECONDS)
     except TimeoutError as err:
         raise AssertionError("no data for:\n" + "\n".join(missing)) from err
+
+    # The variables' own queries run, and list nothing: this Prometheus, like compose's, adds
+    # no namespace or pod label, so "All" (.*) is what every panel gets.
+    variables = variable_queries()
+    assert {label for label, _ in variables} == {"namespace", "pod"}
+    for label, selector in variables:
+        r = httpx.get(
+            f"{prom}/api/v1/label/{label}/values", params={"match[]": selector}, timeout=10
+        )
+        assert r.status_code == 200 and r.json()["data"] == [], (label, selector, r.text)
+        assert query(f"count({selector})")["data"]["result"], f"{selector} matches no series"
 
     # Another pod chosen: every panel is empty (none shows the only replica's data).
     for title, expr, instant in panel_queries({"$namespace": ".*", "$pod": "no-such-pod"}):
