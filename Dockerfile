@@ -58,7 +58,9 @@ RUN /opt/venv/bin/pip install --constraint constraints.txt . \
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM base AS runtime
-# The model directory baked into the image (sha256 of every file is verified at load).
+# The model directory baked into the image (sha256 of every file is verified at load): the
+# default. To change models without a rebuild, mount a directory of models and point
+# ABN_MODEL_DIR into it (compose.yaml does; Kubernetes: deploy/k8s/components/model-volume).
 ARG MODEL_DIR=model_store/fmnist-abn
 RUN groupadd --system --gid 10001 abn \
     && useradd --system --uid 10001 --gid abn --no-create-home --home-dir /nonexistent \

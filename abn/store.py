@@ -1,6 +1,6 @@
 """A model directory: ``manifest.json`` plus safetensors weights, each verified by sha256.
 
-Layout (see CONTRACT.md)::
+Layout::
 
     model_store/<name>/
         manifest.json          name, version, architecture, bit candidates, classes, input,

@@ -142,7 +142,7 @@ class ServedModel:
         return "learned" if self.policy is not None else "uniform_fallback"
 
     def card(self) -> dict[str, Any]:
-        """The model card of ``GET /v1/model`` (CONTRACT.md), plus a few useful extras."""
+        """The model card of ``GET /v1/model`` (docs/api.md), plus a few useful extras."""
         manifest = self.directory.manifest
         return {
             "name": self.name,
