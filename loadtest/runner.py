@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from tqdm import tqdm
 
+from abn_client import ClassifyResult, RequestFailed
 from loadtest.workload import Workload
 
 T = TypeVar("T")
@@ -59,8 +60,8 @@ class Record:
     status: int  # HTTP status; 0 when no response came (transport error)
     error: str | None = None  # error_type of an error body, or the exception's class name
     predicted: int | None = None
-    bitops: float | None = None  # X-BitOps-Used
-    budget_applied: float | None = None  # X-BitOps-Budget of the response
+    bitops: float | None = None  # the answer's bitops (= X-BitOps-Used)
+    budget_applied: float | None = None  # the answer's budget (= X-BitOps-Budget)
     policy: str | None = None  # "adaptive" or "pinned"
 
 
@@ -222,14 +223,6 @@ async def fetch_card(client: LoadClient) -> dict[str, Any]:
     return response.json()
 
 
-def _float_header(response: httpx.Response, name: str, body: dict, key: str) -> float | None:
-    value = response.headers.get(name)
-    try:
-        return float(value) if value is not None else float(body[key])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 async def _send(
     client: LoadClient, workload: Workload, index: int, start: float, t0: float
 ) -> Record:
@@ -253,20 +246,25 @@ async def _send(
         return record
     record.latency = time.perf_counter() - start
     record.status = response.status_code
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    if response.status_code == 200:
-        record.predicted = int(data["label"]) if "label" in data else None
-        record.bitops = _float_header(response, "X-BitOps-Used", data, "bitops")
-        record.budget_applied = _float_header(response, "X-BitOps-Budget", data, "budget")
-        record.policy = data.get("policy")
-    else:
-        record.error = str(data.get("error_type", "")) or None
+    _read_answer(record, response)
     return record
+
+
+def _read_answer(record: Record, response: httpx.Response) -> None:
+    """What the answer says, read as abn_client reads it (typed result, or the error's
+    ``error_type``); a 200 whose body is not an answer is recorded as an error."""
+    if response.is_error:
+        record.error = RequestFailed.from_response(response).error_type
+        return
+    try:
+        result = ClassifyResult.from_json(response.json())
+    except (ValueError, KeyError, TypeError):
+        record.error = "unreadable_answer"
+        return
+    record.predicted = result.label
+    record.bitops = result.bitops
+    record.budget_applied = result.budget
+    record.policy = result.policy
 
 
 class _Progress:
