@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
+from string import Template
 from typing import Any
 
 from loadtest import bench_figures as bf
@@ -16,6 +18,7 @@ from loadtest.report import groups_table
 from loadtest.wrk import LUA_SCRIPT, TIMEOUT_SECONDS
 
 IDLE_LOAD = 0.5  # a load average above this at the start: other work shared the cores
+PAGE_TEMPLATE = Template((Path(__file__).parent / "templates" / "benchmarks.md").read_text())
 
 
 def _f(value: float | None, fmt: str = ".1f") -> str:
@@ -37,38 +40,27 @@ def _mean(results: dict[str, Any], server: str, load: str, conc: int) -> dict[st
     return {}
 
 
-def _header(results: dict[str, Any], argv: Sequence[str]) -> list[str]:
+BUSY_NOTE = (
+    "**Not an idle machine:** the load average was {load:.2f} at the start (other work shared "
+    "the cores), so these figures are lower and noisier than the machine's. Ratios between "
+    "servers measured in the same rounds hold up better than absolute figures.\n\n"
+)
+
+
+def _header(results: dict[str, Any], argv: Sequence[str]) -> dict[str, object]:
     m, c, model = results["machine"], results["config"], results["model"]
-    suite = shlex.join(["python", "-m", "loadtest.bench", *argv])
     load0 = float(m["load_average"].split()[0])
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `make bench` (`{suite}`, see `loadtest/bench.py`) on {m['date']}: every "
-        f"figure below comes from this one run. Model: `{model['name']}` {model['version']} "
-        f"from `{c['model']}`, every server on the CPU with {c['torch_threads']} torch "
-        "thread(s) per process.",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPU | {m['cpu']} |",
-        f"| cores | {m['cores']} |",
-        f"| torch | {m['torch']} |",
-        f"| Python | {m['python']} |",
-        f"| OS | {m['os']} |",
-        f"| load average at start | {m['load_average']} |",
-        f"| load average at end | {results.get('load_average_end', 'n/a')} |",
-        "",
-    ]
-    if load0 > IDLE_LOAD:
-        lines += [
-            f"**Not an idle machine:** the load average was {load0:.2f} at the start (other work "
-            "shared the cores), so these figures are lower and noisier than the machine's. "
-            "Ratios between servers measured in the same rounds hold up better than absolute "
-            "figures.",
-            "",
-        ]
-    return lines
+    return {
+        "suite": shlex.join(["python", "-m", "loadtest.bench", *argv]),
+        "date": m["date"],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "model_dir": c["model"],
+        "torch_threads": c["torch_threads"],
+        **{key: m[key] for key in ("cpu", "cores", "torch", "python", "os", "load_average")},
+        "load_average_end": results.get("load_average_end", "n/a"),
+        "busy_note": BUSY_NOTE.format(load=load0) if load0 > IDLE_LOAD else "",
+    }
 
 
 def _target_detail(results: dict[str, Any], key: str) -> str:
@@ -102,42 +94,25 @@ def _target_detail(results: dict[str, Any], key: str) -> str:
     return f"{_f(rss.get(bf.SERVICE), '.0f')} / {_f(rss.get('litserve'), '.0f')} MiB"
 
 
-def _targets(results: dict[str, Any]) -> list[str]:
+def _targets(results: dict[str, Any]) -> dict[str, object]:
     f = results["figures"]
-    lines = [
-        "## Targets",
-        "",
-        "| figure | measured | target | verdict |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for key, t in bf.TARGETS.items():
         value = f[key]
         percent = key == "adaptive_overhead"  # a share of throughput, not a ratio
         shown = f"{100 * value:+.1f}%" if percent and value is not None else _f(value, ".2f")
         target = f"{t.op} {100 * t.value:.0f}%" if percent else f"{t.op} {t.value:g}"
-        lines.append(
+        rows.append(
             f"| {t.name} | {shown} ({_target_detail(results, key)}) | {target} "
             f"| {t.verdict(value)} |"
         )
-    lines += [""]
-    missing = {k: v for k, v in results["peers"].items() if not v.startswith("measured")}
-    lines += [f"- {k}: {v}" for k, v in missing.items()]
-    return [*lines, ""] if missing else lines
+    missing = [f"- {k}: {v}\n" for k, v in results["peers"].items() if not v.startswith("measured")]
+    return {"targets": "\n".join(rows), "missing_peers": "".join(missing) + "\n" * bool(missing)}
 
 
-def _side_by_side(results: dict[str, Any]) -> list[str]:
+def _side_by_side(results: dict[str, Any]) -> dict[str, object]:
     """Every server, every concurrency: its figures and their ratio to the service's."""
-    lines = [
-        "## Side by side: each figure and its ratio to the service's",
-        "",
-        "Means over the rounds; pinned requests (the same images, every layer at "
-        f"{results['config']['bits']} bits) unless the load column says otherwise. Ratios "
-        "are peer / service at the same concurrency.",
-        "",
-        "| server | load | connections | req/s | p50 ms | p99 ms | server CPU ms/request "
-        "| cores used | client CPU ms/request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for m in results["means"]:
         base = _mean(results, bf.SERVICE, m["load"], m["connections"])
         cells = []
@@ -151,52 +126,30 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
             r = None if m["server"] == bf.SERVICE else bf.ratio(m[key], base.get(key))
             cells.append(_f(m[key], fmt) + _x(r))
         cells.append(_f(m["client_cpu_ms_per_request"], ".3f"))
-        lines.append(
+        rows.append(
             f"| {title(m['server'])} | {m['load']} | {m['connections']} | "
             + " | ".join(cells)
             + " |"
         )
     rss = results["peak_rss_mib"]
-    lines += ["", "| server | peak resident memory, all its processes |", "|---|---:|"]
+    memory = []
     for server, mib in rss.items():
         r = None if server == bf.SERVICE else bf.ratio(mib, rss.get(bf.SERVICE))
-        lines.append(f"| {title(server)} | {_f(mib, '.0f')} MiB{_x(r)} |")
-    return [*lines, ""]
+        memory.append(f"| {title(server)} | {_f(mib, '.0f')} MiB{_x(r)} |")
+    return {
+        "bits": results["config"]["bits"],
+        "side_by_side": "\n".join(rows),
+        "memory": "\n".join(memory),
+    }
 
 
-def _how(results: dict[str, Any]) -> list[str]:
+def _how(results: dict[str, Any]) -> dict[str, object]:
     c = results["config"]
     commands = results.get("commands", {})
     env = {"ABN_DEVICE": "cpu", "ABN_TORCH_THREADS": c["torch_threads"], **c["settings"]}
     settings = " ".join(f"{k}={v}" for k, v in env.items())
     lua = LUA_SCRIPT.relative_to(LUA_SCRIPT.parents[1])
-    near = results.get("pinned_nearest", {})
-    return [
-        "## How it was measured",
-        "",
-        f"{c['rounds']} round(s); in each, one server at a time, always in this order: the "
-        f"service, then {', '.join(commands) or 'no peer'}; against each a "
-        f"{c['warmup_seconds']:g} s wrk warm-up at {c['warmup_connections']} connections, then "
-        f"{c['run_seconds']:g} s of wrk per concurrency "
-        f"({', '.join(map(str, c['concurrencies']))}). The service also gets, at concurrency "
-        f"{bf.CONCURRENCY_ADAPTIVE}, "
-        f"the budget mix `{c['budgets']}` (adaptive) and the same images pinned to "
-        f"{near.get('bits')} bits, the uniform width closest to what adaptive requests spent. "
-        f"The {c['requests']} requests wrk cycles through are the seeded workload (seed "
-        f"{c['seed']}) of Fashion-MNIST test images as PNG, the same for every server; LitServe "
-        'takes them as `{"image": base64}` JSON (it has no raw-body mode), the others as the '
-        "PNG body.",
-        "",
-        "Server CPU and cores used are summed over the server's whole process tree "
-        "(`/proc/<pid>/stat`, before and after each run); client CPU is wrk's own (`wait4`); "
-        "peak memory is the sum of `VmHWM` over the server's processes after its last run. "
-        "Throughput counts answers with status < 400; none of the runs had errors unless the "
-        "runs table says so.",
-        "",
-        "By hand (the bench leaves its request lists under its `--work-dir`, "
-        f"`{c['work_dir']}/<set>/requests.tsv`):",
-        "",
-        "```",
+    by_hand = [
         f"{settings} abn serve --model {c['model']} --port 8000",
         *commands.values(),
         f"wrk -t1 -c32 -d{c['run_seconds']:g}s --timeout={TIMEOUT_SECONDS}s --latency -s {lua} "
@@ -204,55 +157,56 @@ def _how(results: dict[str, Any]) -> list[str]:
         f"python -m loadtest --url http://127.0.0.1:8000 --concurrency "
         f"{c['generator_concurrency']} --duration {c['run_seconds']:g} --budgets "
         f"'{c['budgets']}' --seed {c['seed']}",
-        "```",
-        "",
     ]
+    return {
+        "rounds": c["rounds"],
+        "peers": ", ".join(commands) or "no peer",
+        "warmup_seconds": f"{c['warmup_seconds']:g}",
+        "warmup_connections": c["warmup_connections"],
+        "run_seconds": f"{c['run_seconds']:g}",
+        "concurrencies": ", ".join(map(str, c["concurrencies"])),
+        "adaptive_concurrency": bf.CONCURRENCY_ADAPTIVE,
+        "budgets": c["budgets"],
+        "nearest_bits": results.get("pinned_nearest", {}).get("bits"),
+        "requests": c["requests"],
+        "seed": c["seed"],
+        "work_dir": c["work_dir"],
+        "commands": "\n".join(by_hand),
+    }
 
 
-def _accuracy(reports: dict[str, Any], rel: str) -> list[str]:
+def _accuracy(reports: dict[str, Any]) -> dict[str, object]:
     run = reports["accuracy"]["runs"][0]
-    return [
-        "## Accuracy and BitOps per budget (the Python generator, adaptive requests)",
-        "",
-        f"Closed loop at concurrency {run['config']['concurrency']}, "
-        f"{run['ok']} answers; every answer read, scored against the true label.",
-        "",
-        *groups_table(run["groups"]),
-        "",
-        f"![latency, accuracy and BitOps per budget]({rel}/accuracy.png)",
-        "",
-    ]
+    return {
+        "generator_concurrency": run["config"]["concurrency"],
+        "answers": run["ok"],
+        "accuracy_table": "\n".join(groups_table(run["groups"])),
+    }
 
 
-def _runs(results: dict[str, Any], rel: str) -> list[str]:
-    lines = [
-        "## Every run",
-        "",
-        "| round | server | load | connections | req/s | p50 ms | p99 ms | errors "
-        "| server CPU ms/request | cores | client CPU ms/request |",
-        "|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
+def _runs(results: dict[str, Any]) -> dict[str, object]:
+    rows = []
     for r in results["runs"]:
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items() if v) or "none"
-        lines.append(
+        rows.append(
             f"| {r['round'] + 1} | {r['server']} | {r['load']} | {r['connections']} "
             f"| {r['throughput_rps']:.0f} | {_f(r['latency_ms']['p50'])} "
             f"| {_f(r['latency_ms']['p99'])} | {errors} "
             f"| {_f(r['server_cpu_ms_per_request'], '.2f')} | {r['server_cores']:.2f} "
             f"| {_f(r['client_cpu_ms_per_request'], '.3f')} |"
         )
-    return [*lines, "", f"Raw results: [`{rel}/bench.json`]({rel}/bench.json).", ""]
+    return {"runs": "\n".join(rows)}
 
 
 def render(results: dict[str, Any], reports: dict[str, Any], argv: Sequence[str], rel: str) -> str:
-    """The whole page; ``rel`` is the artifacts folder relative to the page."""
-    return "\n".join(
-        [
-            *_header(results, argv),
-            *_targets(results),
-            *_side_by_side(results),
-            *_accuracy(reports, rel),
-            *_how(results),
-            *_runs(results, rel),
-        ]
+    """The whole page (the prose is ``templates/benchmarks.md``, the tables are built here);
+    ``rel`` is the artifacts folder relative to the page."""
+    return PAGE_TEMPLATE.substitute(
+        _header(results, argv),
+        **_targets(results),
+        **_side_by_side(results),
+        **_accuracy(reports),
+        **_how(results),
+        **_runs(results),
+        rel=rel,
     )
