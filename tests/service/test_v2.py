@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import struct
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from PIL import Image
+
+from service.app import create_app
+from service.model import ServedModel
+from service.settings import Settings
 
 from .helpers import Scrape, fmnist_like, png, serving
 
@@ -361,8 +369,6 @@ def test_openapi_describes_the_v2_routes(make_app: Callable[..., FastAPI]) -> No
 def test_image_conversion_is_shared(make_app: Callable[..., FastAPI]) -> None:
     """A large RGB JPEG goes through the same conversion as on /classify (decoded in a
     thread above the inline size): the same answer either way."""
-    import io
-
     rgb = Image.fromarray(np.stack([fmnist_like(9, 300)] * 3, axis=-1))
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG")
@@ -375,3 +381,61 @@ def test_image_conversion_is_shared(make_app: Callable[..., FastAPI]) -> None:
     single, v2 = call(make_app, send)
     assert outputs(v2.json())["label"].tolist() == [single.json()["label"]]
     assert outputs(v2.json())["bitops"].tolist() == [single.json()["bitops"]]
+
+
+class GatedModel:
+    """The shared model behind a gate: every batch waits for ``gate``; batch sizes recorded."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self._model = model
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def infer(self, images: torch.Tensor, budgets: torch.Tensor, pinned: Any) -> Any:
+        self.batches.append(len(budgets))
+        assert self.gate.wait(20)
+        return self._model.infer(images, budgets, pinned)
+
+
+def test_shedding_is_all_or_none_and_the_timeout_parameter(
+    served_model: ServedModel, tiny_model_dir: Path
+) -> None:
+    """With the model held, a request whose images do not all fit in the queue is refused
+    429 with Retry-After, and none of its images runs; tritonclient's ``timeout``
+    (microseconds) is a deadline of its own."""
+    gated = GatedModel(served_model)
+    settings = Settings(
+        model_dir=tiny_model_dir,
+        device="cpu",
+        max_batch_size=1,
+        max_queue_size=3,
+        max_queue_delay_seconds=0.0,
+    )
+    app = create_app(settings, model=gated)  # type: ignore[arg-type]
+
+    def request(n: int, **parameters: Any) -> dict[str, Any]:
+        return {"inputs": [image_input([png(i) for i in range(n)])], "parameters": parameters}
+
+    async def main() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        async with serving(app) as c:
+            # (warm-up ran on the model itself, not through the gate)
+            first = asyncio.create_task(c.post(INFER, json=request(1)))
+            while not gated.batches:  # in the model, held
+                await asyncio.sleep(0.005)
+            second = asyncio.create_task(c.post(INFER, json=request(2)))
+            while app.state.service.engine.queued < 2:
+                await asyncio.sleep(0.005)
+            refused = await c.post(INFER, json=request(2))
+            late = await c.post(INFER, json=request(1, timeout=1))
+            gated.gate.set()
+            return [await first, await second], refused, late
+
+    answered, refused, late = asyncio.run(main())
+    assert [a.status_code for a in answered] == [200, 200], [a.text for a in answered]
+    assert refused.status_code == 429 and refused.json()["error_type"] == "queue_full"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert late.status_code == 504 and late.json()["error_type"] == "deadline_exceeded"
+    assert sum(gated.batches) == 3  # 1 + 2: nothing of the refused request reached the model
