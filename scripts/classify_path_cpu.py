@@ -7,8 +7,8 @@ Thread CPU time, not wall time: on a shared machine it moves less with other loa
 To compare two checkouts, run each with its tree first on ``PYTHONPATH`` (issue 19):
 
     PYTHONPATH=$PWD .venv/bin/python scripts/classify_path_cpu.py --requests 2000
-    cd /tmp/before && PYTHONPATH=$PWD /work/main/.venv/bin/python \\
-        /work/main/scripts/classify_path_cpu.py --model /work/main/model_store/fmnist-abn
+    cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
+        <this checkout>/scripts/classify_path_cpu.py --model <this checkout>/model_store/fmnist-abn
 """
 
 from __future__ import annotations

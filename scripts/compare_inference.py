@@ -1,11 +1,11 @@
 """Save what ``ServedModel.infer`` answers on 3000 test images at seven budgets, or compare two
 such files: for checking that an inference speed-up changed no decision (docs/profiling.md).
 
-    .venv/bin/python scripts/compare_inference.py save /tmp/after.pt
-    cd /tmp/before && PYTHONPATH=$PWD /work/main/.venv/bin/python \\
-        /work/main/scripts/compare_inference.py save /tmp/before.pt \\
-        --model /work/main/model_store/fmnist-abn
-    .venv/bin/python scripts/compare_inference.py compare /tmp/before.pt /tmp/after.pt
+    .venv/bin/python scripts/compare_inference.py save after.pt
+    cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
+        <this checkout>/scripts/compare_inference.py save <this checkout>/before.pt \\
+        --model <this checkout>/model_store/fmnist-abn
+    .venv/bin/python scripts/compare_inference.py compare before.pt after.pt
 """
 
 from __future__ import annotations

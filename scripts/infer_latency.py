@@ -6,8 +6,8 @@ one torch thread, repeated, so code versions can be compared (docs/profiling.md)
 another checkout, run it with that checkout first on PYTHONPATH:
 
     .venv/bin/python scripts/infer_latency.py --model model_store/fmnist-abn --repeats 5
-    cd /tmp/before && PYTHONPATH=$PWD /work/main/.venv/bin/python \\
-        /work/main/scripts/infer_latency.py --model /work/main/model_store/fmnist-abn
+    cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
+        <this checkout>/scripts/infer_latency.py --model <this checkout>/model_store/fmnist-abn
 """
 
 from __future__ import annotations
