@@ -1,10 +1,11 @@
 """Offline batched throughput: the served network without HTTP, the reference for the service.
 
 The same code path the server's model thread runs per batch (``ServedModel.infer``: normalise,
-``abn.policy.rollout`` layer by layer with samples grouped by width, softmax, copy to CPU), fed
-the same images and the same budget/width mix as the load generator (the workload's requests
-``0..N-1``), at a fixed batch size, on the same number of torch threads. What it leaves out is
-exactly what the service adds: HTTP, PNG decoding, queueing and batch assembly.
+``abn.policy.CompiledPolicy.rollout`` layer by layer with samples grouped by width, softmax, copy
+to CPU), fed the same images and the same budget/width mix as the load generator (the
+workload's requests ``0..N-1``), at a fixed batch size, on the same number of torch threads.
+What it leaves out is exactly what the service adds: HTTP, PNG decoding, queueing and batch
+assembly.
 
 ``python -m loadtest.offline --model DIR --batch-size 32 --seconds 10`` prints images/s.
 """
