@@ -37,6 +37,10 @@ from service.v2_schemas import InferRequest, Parameters, RequestInput, TensorMet
 IMAGE_INPUT = "image"
 PIXELS_INPUT = "pixels"
 BINARY_SIZE = "binary_data_size"
+# MLServer's input annotation for BYTES that are base64 text; here it is what JSON BYTES are
+# anyway, and it makes binary BYTES elements base64 text too
+CONTENT_TYPE = "content_type"
+BASE64 = "base64"
 PIXEL_DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 _LENGTH = struct.Struct("<I")
 
@@ -124,11 +128,17 @@ def read_input(
 def _raw_part(tensor: RequestInput, binary: bytes) -> bytes | None:
     """The input's bytes in the binary part (None: it carries JSON ``data``)."""
     parameters = tensor.parameters or {}
-    unknown = sorted(set(parameters) - {BINARY_SIZE})
+    unknown = sorted(set(parameters) - {BINARY_SIZE, CONTENT_TYPE})
     if unknown:
         raise BadTensor(
-            f"input parameter {ascii(unknown[0][:40])} is not supported; the only one is "
-            f"{BINARY_SIZE} (shared memory is not)"
+            f"input parameter {ascii(unknown[0][:40])} is not supported; the input "
+            f"parameters are {BINARY_SIZE} and {CONTENT_TYPE} (shared memory is not)"
+        )
+    if parameters.get(CONTENT_TYPE, BASE64) != BASE64 or (
+        CONTENT_TYPE in parameters and tensor.name != IMAGE_INPUT
+    ):
+        raise BadTensor(
+            f"input parameter {CONTENT_TYPE} may only be '{BASE64}', on '{IMAGE_INPUT}'"
         )
     size = parameters.get(BINARY_SIZE)
     if size is None:
@@ -167,7 +177,12 @@ def _images(tensor: RequestInput, raw: bytes | None, max_images: int) -> list[by
     if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
         raise BadTensor(f"input '{IMAGE_INPUT}' must have shape [N] or [N, 1], not {tensor.shape}")
     n = _batch_size(tensor, max_images)
-    images = _split_bytes(raw) if raw is not None else _base64_elements(tensor.data or [])
+    if raw is None:
+        images = _base64_elements(tensor.data or [])
+    else:
+        images = _split_bytes(raw)
+        if (tensor.parameters or {}).get(CONTENT_TYPE) == BASE64:
+            images = _base64_elements([image.decode("latin-1") for image in images])
     if len(images) != n:
         raise BadTensor(
             f"input '{IMAGE_INPUT}' has shape {tensor.shape} but {len(images)} elements"

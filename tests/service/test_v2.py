@@ -285,6 +285,12 @@ def _bad_requests() -> dict[str, tuple[int, dict[str, Any], bytes, dict[str, str
             {},
         ),
         "not base64": (400, {"inputs": [{**img, "data": ["%%%"]}]}, b"", {}),
+        "content_type str": (
+            400,
+            {"inputs": [{**img, "parameters": {"content_type": "str"}}]},
+            b"",
+            {},
+        ),
         "not an image": (400, {"inputs": [{**img, "data": [b64(b"hello")]}]}, b"", {}),
         "shape and count": (400, {"inputs": [{**img, "shape": [2]}]}, b"", {}),
         "wrong datatype": (400, {"inputs": [{**img, "datatype": "FP32"}]}, b"", {}),
@@ -439,3 +445,29 @@ def test_shedding_is_all_or_none_and_the_timeout_parameter(
     assert int(refused.headers["retry-after"]) >= 1
     assert late.status_code == 504 and late.json()["error_type"] == "deadline_exceeded"
     assert sum(gated.batches) == 3  # 1 + 2: nothing of the refused request reached the model
+
+
+def test_mlserver_base64_annotation(make_app: Callable[..., FastAPI]) -> None:
+    """MLServer marks base64 BYTES with the input parameter content_type: base64; accepted
+    in JSON (what JSON BYTES are here anyway) and in the binary part (elements then base64)."""
+    text = b64(png(2)).encode()
+    binary = struct.pack("<I", len(text)) + text
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [1]}
+    json_form = {**tensor, "data": [text.decode()], "parameters": {"content_type": "base64"}}
+    binary_form = {
+        **tensor,
+        "parameters": {"content_type": "base64", "binary_data_size": len(binary)},
+    }
+
+    async def send(c: httpx.AsyncClient) -> list[httpx.Response]:
+        header = json.dumps({"inputs": [binary_form]}).encode()
+        length = {"Inference-Header-Content-Length": str(len(header))}
+        return [
+            await c.post(INFER, json={"inputs": [image_input([png(2)])]}),
+            await c.post(INFER, json={"inputs": [json_form]}),
+            await c.post(INFER, content=header + binary, headers=length),
+        ]
+
+    plain, annotated, in_binary = call(make_app, send)
+    labels = [outputs(r.json())["label"].tolist() for r in (plain, annotated, in_binary)]
+    assert labels[0] == labels[1] == labels[2], [r.text[:200] for r in (annotated, in_binary)]
