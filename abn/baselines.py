@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from abn.bitops import CostTable
-from abn.data import ImageSet, iterate_batches
+from abn.data import EVALUATION_BATCH_SIZE, ImageSet, iterate_batches
 from abn.preprocess import InputSpec, normalize
 from abn.stats import paired_difference
 from abn.supernet import Supernet
@@ -52,7 +52,7 @@ def score_static(
     data: ImageSet,
     input_spec: InputSpec,
     config: Sequence[int],
-    batch_size: int = 500,
+    batch_size: int = EVALUATION_BATCH_SIZE,
 ) -> StaticScores:
     device = next(net.parameters()).device
     preds, confs = [], []

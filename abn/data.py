@@ -42,6 +42,9 @@ FASHION_MNIST_CLASSES = (
 FASHION_MNIST_INPUT = InputSpec(channels=1, height=28, width=28, mean=(0.2860,), std=(0.3530,))
 VALIDATION_SIZE = 5000
 VALIDATION_SEED = 20201  # fixed forever: the validation split must never move
+# images per batch when a split is scored in eval mode (each image is scored on its own: this
+# sets memory and speed)
+EVALUATION_BATCH_SIZE = 500
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
