@@ -11,8 +11,9 @@ Weights are offset-encoded, ``level = alpha * u + beta`` with ``u`` unsigned: at
 bits ``u = level + 2**(b-1)`` (``alpha = 1``, ``beta = -2**(b-1)``), at 1 bit ``u = 1`` for
 ``+1`` and ``0`` for ``-1`` (``alpha = 2``, ``beta = -1``); the kernel adds ``beta * sum(a)``
 once per position instead of weighting a sign plane negatively, so one formula serves every
-width. Planes are stored ``[plane][block of 8 output channels][word][8]``: one 512-bit load
-per word for eight output channels.
+width. Planes are stored ``[plane][output channel][word]``, the output channels padded to a
+multiple of 4 (the kernel's step) with zeros; the kernel broadcasts one weight word against
+one 512-bit load of eight output positions' activation words.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from abn.bitserial.build import BitSerialLayer
 from abn.bitserial.cpu import BitSerialUnavailableError
 from abn.layers import SwitchableConvBN
 
-LANES = 8  # output channels per block (the C kernel's kLanes)
+CHANNEL_PAD = 4  # output channels per kernel step (the C kernel's kChannels)
 MAX_BITS = 8  # activation levels are bytes in the kernel's level map
 
 
@@ -48,22 +49,20 @@ def offset_encoding(levels: torch.Tensor, bits: int) -> tuple[torch.Tensor, int,
 
 
 def pack_planes(u: torch.Tensor, bits: int, channels: int) -> tuple[torch.Tensor, int]:
-    """``u`` (out, in, k, k) unsigned -> int64 planes ``(bits, blocks, words, 8)`` and the
+    """``u`` (out, in, k, k) unsigned -> int64 planes ``(bits, out padded, words)`` and the
     number of words per row (``k`` segments of ``ceil(k * channels / 64)`` words)."""
     out_ch, in_ch, k, _ = u.shape
     segment = -(-(k * channels) // 64)
-    grid = torch.zeros(-(-out_ch // LANES) * LANES, k, k, channels, dtype=torch.long)
+    grid = torch.zeros(-(-out_ch // CHANNEL_PAD) * CHANNEL_PAD, k, k, channels, dtype=torch.long)
     grid[:out_ch, :, :, :in_ch] = u.permute(0, 2, 3, 1)
     rows = torch.zeros(grid.shape[0], k, segment * 64, dtype=torch.long)
     rows[:, :, : k * channels] = grid.reshape(grid.shape[0], k, k * channels)
     rows = rows.reshape(grid.shape[0], -1)
-    words = k * segment
-    planes = []
-    for j in range(bits):
-        bit = ((rows >> j) & 1).to(torch.uint8).numpy()
-        packed = np.packbits(bit, axis=1, bitorder="little").view("<u8")  # (out, words)
-        planes.append(packed.reshape(-1, LANES, words).transpose(0, 2, 1))
-    return torch.from_numpy(np.ascontiguousarray(np.stack(planes)).view(np.int64)), words
+    planes = [
+        np.packbits(((rows >> j) & 1).to(torch.uint8).numpy(), axis=1, bitorder="little")
+        for j in range(bits)
+    ]
+    return torch.from_numpy(np.stack(planes).view("<u8").view(np.int64)), k * segment
 
 
 @dataclass(frozen=True)

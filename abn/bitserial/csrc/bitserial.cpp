@@ -37,7 +37,7 @@ extern "C" {
 
 // One switchable layer at one width, built once at load (abn/bitserial/packing.py).
 struct abn_bitserial_layer {
-  const uint64_t* weights;  // [weight_bits][out_blocks][row_words][8], offset-encoded planes
+  const uint64_t* weights;  // [weight_bits][out_channels padded to 4][row_words] planes
   const float* scale;       // [pairs][out_channels]: BN scale * activation step * weight step
   const float* shift;       // [pairs][out_channels]: BN shift
   int64_t in_channels;
@@ -62,11 +62,14 @@ int abn_bitserial_simd(void) { return ABN_AVX512; }
 
 namespace {
 
-constexpr int kLanes = 8;  // output channels per block: one 512-bit vector of 64-bit counts
-constexpr int kTile = 4;   // positions per GEMM tile: one weight load feeds four positions
+// Positions per group: a 512-bit vector holds one 64-bit row word of 8 output positions, so
+// one AND + VPOPCNTQ + ADD does 512 binary MACs and a group's outputs of one channel are 8
+// contiguous floats of the NCHW output.
+constexpr int kGroup = 8;
+constexpr int kChannels = 4;  // output channels per step: one activation load feeds four
 
 struct Geometry {
-  int64_t h, w, hp, wp, oh, ow, positions, tiled_positions, map_bytes;
+  int64_t h, w, hp, wp, oh, ow, positions, groups, map_bytes;
 };
 
 Geometry geometry(const abn_bitserial_layer& L, int64_t h, int64_t w) {
@@ -78,13 +81,25 @@ Geometry geometry(const abn_bitserial_layer& L, int64_t h, int64_t w) {
   g.oh = (g.hp - L.kernel) / L.stride + 1;
   g.ow = (g.wp - L.kernel) / L.stride + 1;
   g.positions = g.oh * g.ow;
-  g.tiled_positions = (g.positions + kTile - 1) / kTile * kTile;
+  g.groups = (g.positions + kGroup - 1) / kGroup;
   g.map_bytes = (g.hp * g.wp * L.channels + 63) / 64 * 64;
   return g;
 }
 
-// 1. x (C, H, W) float -> levels (Hp, Wp, chunk) bytes; the padding stays 0 (level 0 is 0.0).
-// Per element: clamp(x / step, 0, high), then round half to even, as torch does.
+// Row word k of activation plane i at position p: rows[((p / 8 * act_bits + i) * row_words
+// + k) * 8 + p % 8], so a group's word k of plane i is one vector.
+// Words of one weight plane: output channels padded to kChannels (zero weights, never stored).
+inline int64_t plane_words(const abn_bitserial_layer& L) {
+  return (L.out_channels + kChannels - 1) / kChannels * kChannels * L.row_words;
+}
+
+inline int64_t row_index(const abn_bitserial_layer& L, int64_t p, int64_t i, int64_t k) {
+  return ((p / kGroup * L.act_bits + i) * L.row_words + k) * kGroup + p % kGroup;
+}
+
+// 1. x (C, H, W) float -> levels (Hp, Wp, channels) bytes; the border and the padded
+// channels are never written (0: level 0 is 0.0). Per element: clamp(x / step, 0, high),
+// then round half to even, as torch does.
 void quantize(const abn_bitserial_layer& L, const Geometry& g, const float* x, uint8_t* map) {
   const int64_t cb = L.channels, hw = g.h * g.w;
 #if ABN_AVX512
@@ -126,20 +141,19 @@ void quantize(const abn_bitserial_layer& L, const Geometry& g, const float* x, u
 }
 
 // 2-3. one bit row per (position, plane): the receptive field, one segment per kernel row.
-// A kernel row is kernel * channels contiguous bits of the byte map (kernel positions of
-// channels channels, NHWC), stored from a word boundary, so row word k of segment ky is
-// bit i of the 64 map bytes starting at 64k of that kernel row. Rows past the last position
-// (tile padding) are zero. sums[p] = the sum of the position's activation levels.
+// A kernel row is kernel * channels contiguous bytes of the level map (NHWC), so row word k
+// of segment ky is bit i of 64 map bytes of that kernel row: one VPTESTMB per plane. The last
+// group's positions past the end are zero rows.
 void im2col(const abn_bitserial_layer& L, const Geometry& g, const uint8_t* map,
-            uint64_t* rows, int64_t* sums) {
+            uint64_t* rows) {
   const int64_t kw = L.row_words, field = L.kernel * L.channels;  // map bytes per kernel row
   const int64_t segment = kw / L.kernel;
-  std::memset(rows, 0, static_cast<size_t>(g.tiled_positions * L.act_bits * kw) * 8);
+  for (int64_t p = g.positions; p < g.groups * kGroup; ++p)
+    for (int64_t i = 0; i < L.act_bits; ++i)
+      for (int64_t k = 0; k < kw; ++k) rows[row_index(L, p, i, k)] = 0;
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     for (int64_t ox = 0; ox < g.ow; ++ox) {
       const int64_t p = oy * g.ow + ox;
-      uint64_t* row = rows + p * L.act_bits * kw;
-      int64_t total = 0;
       for (int64_t ky = 0; ky < L.kernel; ++ky) {
         const uint8_t* src = map + ((oy * L.stride + ky) * g.wp + ox * L.stride) * L.channels;
         for (int64_t piece = 0; piece < segment; ++piece) {
@@ -148,124 +162,132 @@ void im2col(const abn_bitserial_layer& L, const Geometry& g, const uint8_t* map,
 #if ABN_AVX512
           const __mmask64 m = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
           const __m512i v = _mm512_maskz_loadu_epi8(m, src + 64 * piece);
-          for (int64_t i = 0; i < L.act_bits; ++i)
-            row[i * kw + k] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(static_cast<char>(1 << i)));
-          total += _mm512_reduce_add_epi64(_mm512_sad_epu8(v, _mm512_setzero_si512()));
+          for (int64_t i = 0; i < L.act_bits; ++i) {
+            const __m512i bit = _mm512_set1_epi8(static_cast<char>(1 << i));
+            rows[row_index(L, p, i, k)] = _mm512_test_epi8_mask(v, bit);
+          }
 #else
           const int64_t n = left >= 64 ? 64 : left;
-          for (int64_t t = 0; t < n; ++t) {
-            const uint8_t level = src[64 * piece + t];
-            total += level;
-            for (int64_t i = 0; i < L.act_bits; ++i)
-              row[i * kw + k] |= static_cast<uint64_t>((level >> i) & 1) << t;
+          for (int64_t i = 0; i < L.act_bits; ++i) {
+            uint64_t word = 0;
+            for (int64_t t = 0; t < n; ++t)
+              word |= static_cast<uint64_t>((src[64 * piece + t] >> i) & 1) << t;
+            rows[row_index(L, p, i, k)] = word;
           }
 #endif
         }
       }
-      sums[p] = total;
     }
   }
-  for (int64_t p = g.positions; p < g.tiled_positions; ++p) sums[p] = 0;
 }
 
 #if ABN_AVX512
-// 4-5. sum over (i, j) of 2^(i+j) popcount(A_i AND W_j), for 8 output channels at kTile
-// positions; KW > 0 fixes the row length at compile time (the k loop unrolls).
+// sum(a) of a group's 8 positions: sum over planes i of 2^i popcount(row words of plane i).
+inline __m512i group_sums(const abn_bitserial_layer& L, const uint64_t* group) {
+  __m512i total = _mm512_setzero_si512();
+  for (int64_t i = 0; i < L.act_bits; ++i) {
+    __m512i count = _mm512_setzero_si512();
+    for (int64_t k = 0; k < L.row_words; ++k)
+      count = _mm512_add_epi64(
+          count, _mm512_popcnt_epi64(_mm512_loadu_si512(group + (i * L.row_words + k) * kGroup)));
+    total = _mm512_add_epi64(total, _mm512_sll_epi64(count, _mm_cvtsi64_si128(i)));
+  }
+  return total;
+}
+
+// 4-5. sum over (i, j) of 2^(i+j) popcount(A_i AND W_j) for one group and kChannels output
+// channels from oc; KW > 0 fixes the row length at compile time (the k loop unrolls).
 template <int KW>
-void tile_dot(const abn_bitserial_layer& L, const uint64_t* rows, const uint64_t* w,
-              int64_t block_stride, __m512i* totals) {
+void group_dot(const abn_bitserial_layer& L, const uint64_t* group, int64_t oc,
+               __m512i* totals) {
   const int64_t kw = KW > 0 ? KW : L.row_words;
-  const int64_t per_position = L.act_bits * kw;
-  for (int q = 0; q < kTile; ++q) totals[q] = _mm512_setzero_si512();
+  const int64_t plane = plane_words(L);
+  for (int o = 0; o < kChannels; ++o) totals[o] = _mm512_setzero_si512();
   for (int64_t s = 0; s < L.act_bits + L.weight_bits - 1; ++s) {
-    __m512i acc[kTile];
-    for (int q = 0; q < kTile; ++q) acc[q] = _mm512_setzero_si512();
+    __m512i acc[kChannels];
+    for (int o = 0; o < kChannels; ++o) acc[o] = _mm512_setzero_si512();
     const int64_t j_lo = s - L.act_bits + 1 > 0 ? s - L.act_bits + 1 : 0;
     const int64_t j_hi = s < L.weight_bits - 1 ? s : L.weight_bits - 1;
     for (int64_t j = j_lo; j <= j_hi; ++j) {
-      const uint64_t* wj = w + j * block_stride;
-      const uint64_t* a = rows + (s - j) * kw;
+      const uint64_t* a = group + (s - j) * kw * kGroup;
+      const uint64_t* w = L.weights + j * plane + oc * kw;
       for (int64_t k = 0; k < kw; ++k) {
-        const __m512i wk = _mm512_loadu_si512(wj + k * kLanes);
-        for (int q = 0; q < kTile; ++q) {
-          const __m512i ak = _mm512_set1_epi64(static_cast<long long>(a[q * per_position + k]));
-          acc[q] = _mm512_add_epi64(acc[q], _mm512_popcnt_epi64(_mm512_and_si512(wk, ak)));
+        const __m512i ak = _mm512_loadu_si512(a + k * kGroup);
+        for (int o = 0; o < kChannels; ++o) {
+          const __m512i wk = _mm512_set1_epi64(static_cast<long long>(w[o * kw + k]));
+          acc[o] = _mm512_add_epi64(acc[o], _mm512_popcnt_epi64(_mm512_and_si512(ak, wk)));
         }
       }
     }
     const __m128i shift = _mm_cvtsi64_si128(s);
-    for (int q = 0; q < kTile; ++q)
-      totals[q] = _mm512_add_epi64(totals[q], _mm512_sll_epi64(acc[q], shift));
+    for (int o = 0; o < kChannels; ++o)
+      totals[o] = _mm512_add_epi64(totals[o], _mm512_sll_epi64(acc[o], shift));
   }
 }
 
-// 4-6. every output channel block at every position of one image, BN applied.
+// 4-6. every group at every output channel of one image, BN applied, stored NCHW.
 template <int KW>
-void gemm_tiles(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
-                const int64_t* sums, int64_t pair, float* tile_out, float* out) {
-  const int64_t blocks = (L.out_channels + kLanes - 1) / kLanes;
-  const int64_t block_stride = blocks * L.row_words * kLanes;  // one weight plane
-  const int64_t per_position = L.act_bits * L.row_words;
+void gemm_groups(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
+                 int64_t pair, float* out) {
   const float* scale = L.scale + pair * L.out_channels;
   const float* shift = L.shift + pair * L.out_channels;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint64_t* w = L.weights + b * L.row_words * kLanes;
-    const int64_t lanes = L.out_channels - b * kLanes < kLanes ? L.out_channels - b * kLanes
-                                                               : kLanes;
-    const __mmask8 m = static_cast<__mmask8>((1u << lanes) - 1);
-    const __m256 sc = _mm256_maskz_loadu_ps(m, scale + b * kLanes);
-    const __m256 sh = _mm256_maskz_loadu_ps(m, shift + b * kLanes);
-    for (int64_t p = 0; p < g.tiled_positions; p += kTile) {
-      __m512i totals[kTile];
-      tile_dot<KW>(L, rows + p * per_position, w, block_stride, totals);
-      for (int q = 0; q < kTile; ++q) {
-        __m512i dot = _mm512_mullo_epi64(totals[q], _mm512_set1_epi64(L.alpha));
-        dot = _mm512_add_epi64(dot, _mm512_set1_epi64(L.beta * sums[p + q]));
+  const int64_t per_group = L.act_bits * L.row_words * kGroup;
+  for (int64_t q = 0; q < g.groups; ++q) {
+    const uint64_t* group = rows + q * per_group;
+    const int64_t p = q * kGroup, n = g.positions - p < kGroup ? g.positions - p : kGroup;
+    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+    const __m512i sums = _mm512_mullo_epi64(group_sums(L, group), _mm512_set1_epi64(L.beta));
+    for (int64_t oc = 0; oc < L.out_channels; oc += kChannels) {
+      __m512i totals[kChannels];
+      group_dot<KW>(L, group, oc, totals);
+      const int64_t count = L.out_channels - oc < kChannels ? L.out_channels - oc : kChannels;
+      for (int64_t o = 0; o < count; ++o) {
+        __m512i dot = L.alpha == 2 ? _mm512_slli_epi64(totals[o], 1) : totals[o];  // 1 or 2
+        dot = _mm512_add_epi64(dot, sums);
         // multiply, then add (no FMA): the same rounding as the portable kernel's
-        const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm512_cvtepi64_ps(dot), sc), sh);
-        _mm256_storeu_ps(tile_out + (p + q) * kLanes, y);
+        const __m256 y = _mm256_add_ps(
+            _mm256_mul_ps(_mm512_cvtepi64_ps(dot), _mm256_set1_ps(scale[oc + o])),
+            _mm256_set1_ps(shift[oc + o]));
+        _mm256_mask_storeu_ps(out + (oc + o) * g.positions + p, m, y);
       }
-    }
-    for (int64_t lane = 0; lane < lanes; ++lane) {
-      float* dst = out + (b * kLanes + lane) * g.positions;
-      for (int64_t p = 0; p < g.positions; ++p) dst[p] = tile_out[p * kLanes + lane];
     }
   }
 }
 
-void gemm(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
-          const int64_t* sums, int64_t pair, float* tile_out, float* out) {
+void gemm(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows, int64_t pair,
+          float* out) {
   switch (L.row_words) {
-    case 1: gemm_tiles<1>(L, g, rows, sums, pair, tile_out, out); break;
-    case 2: gemm_tiles<2>(L, g, rows, sums, pair, tile_out, out); break;
-    case 3: gemm_tiles<3>(L, g, rows, sums, pair, tile_out, out); break;
-    case 5: gemm_tiles<5>(L, g, rows, sums, pair, tile_out, out); break;
-    case 9: gemm_tiles<9>(L, g, rows, sums, pair, tile_out, out); break;
-    default: gemm_tiles<0>(L, g, rows, sums, pair, tile_out, out); break;
+    case 1: gemm_groups<1>(L, g, rows, pair, out); break;
+    case 2: gemm_groups<2>(L, g, rows, pair, out); break;
+    case 3: gemm_groups<3>(L, g, rows, pair, out); break;
+    case 6: gemm_groups<6>(L, g, rows, pair, out); break;
+    case 9: gemm_groups<9>(L, g, rows, pair, out); break;
+    default: gemm_groups<0>(L, g, rows, pair, out); break;
   }
 }
 #else
-void gemm(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
-          const int64_t* sums, int64_t pair, float* /*tile_out*/, float* out) {
-  const int64_t blocks = (L.out_channels + kLanes - 1) / kLanes;
-  const int64_t block_stride = blocks * L.row_words * kLanes;
+void gemm(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows, int64_t pair,
+          float* out) {
+  const int64_t kw = L.row_words, plane = plane_words(L);
   const float* scale = L.scale + pair * L.out_channels;
   const float* shift = L.shift + pair * L.out_channels;
-  for (int64_t oc = 0; oc < L.out_channels; ++oc) {
-    const uint64_t* w = L.weights + (oc / kLanes) * L.row_words * kLanes + oc % kLanes;
-    for (int64_t p = 0; p < g.positions; ++p) {
-      const uint64_t* row = rows + p * L.act_bits * L.row_words;
+  for (int64_t p = 0; p < g.positions; ++p) {
+    int64_t sum = 0;
+    for (int64_t i = 0; i < L.act_bits; ++i)
+      for (int64_t k = 0; k < kw; ++k)
+        sum += static_cast<int64_t>(__builtin_popcountll(rows[row_index(L, p, i, k)])) << i;
+    for (int64_t oc = 0; oc < L.out_channels; ++oc) {
       int64_t total = 0;
       for (int64_t j = 0; j < L.weight_bits; ++j) {
         for (int64_t i = 0; i < L.act_bits; ++i) {
           int64_t count = 0;
-          for (int64_t k = 0; k < L.row_words; ++k)
-            count += __builtin_popcountll(w[j * block_stride + k * kLanes] &
-                                          row[i * L.row_words + k]);
+          for (int64_t k = 0; k < kw; ++k)
+            count += __builtin_popcountll(L.weights[j * plane + oc * kw + k] &
+                                          rows[row_index(L, p, i, k)]);
           total += count << (i + j);
         }
       }
-      const int64_t value = L.alpha * total + L.beta * sums[p];
+      const int64_t value = L.alpha * total + L.beta * sum;
       out[oc * g.positions + p] = static_cast<float>(value) * scale[oc] + shift[oc];
     }
   }
@@ -277,6 +299,7 @@ bool valid(const abn_bitserial_layer& L) {
                         (L.channels > 0 && L.channels % 64 == 0);
   return chunk_ok && L.channels >= L.in_channels && L.act_bits >= 1 && L.act_bits <= 8 &&
          L.weight_bits >= 1 && L.weight_bits <= 16 && L.kernel >= 1 && L.stride >= 1 &&
+         (L.alpha == 1 || L.alpha == 2) &&
          L.row_words == L.kernel * ((L.kernel * L.channels + 63) / 64);
 }
 
@@ -292,27 +315,20 @@ int abn_bitserial_conv(const abn_bitserial_layer* layer, const float* x, int64_t
   const abn_bitserial_layer& L = *layer;
   if (!valid(L)) return -1;
   const Geometry g = geometry(L, h, w);
-  const size_t sizes[] = {
-      static_cast<size_t>(g.map_bytes),
-      static_cast<size_t>(g.tiled_positions * L.act_bits * L.row_words) * 8,
-      static_cast<size_t>(g.tiled_positions) * 8,
-      static_cast<size_t>(g.tiled_positions * kLanes) * 4,
-  };
-  size_t offsets[5] = {0};
-  for (int k = 0; k < 4; ++k) offsets[k + 1] = offsets[k] + (sizes[k] + 63) / 64 * 64;
-  uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, offsets[4]));
+  const size_t map_bytes = static_cast<size_t>(g.map_bytes);
+  const size_t row_bytes = static_cast<size_t>(g.groups * kGroup * L.act_bits * L.row_words) * 8;
+  uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, map_bytes + row_bytes));
   if (scratch == nullptr) return -2;
   uint8_t* map = scratch;
-  uint64_t* rows = reinterpret_cast<uint64_t*>(scratch + offsets[1]);
-  int64_t* sums = reinterpret_cast<int64_t*>(scratch + offsets[2]);
-  float* tile_out = reinterpret_cast<float*>(scratch + offsets[3]);
+  uint64_t* rows = reinterpret_cast<uint64_t*>(scratch + map_bytes);
   const int64_t in_size = L.in_channels * h * w;
   const int64_t out_size = L.out_channels * g.positions;
+  // the border and the padded channels stay 0 for every image: each overwrites the rest
+  std::memset(map, 0, map_bytes);
   for (int64_t k = 0; k < n; ++k) {
-    std::memset(map, 0, sizes[0]);
     quantize(L, g, x + k * in_size, map);
-    im2col(L, g, map, rows, sums);
-    gemm(L, g, rows, sums, pairs[k], tile_out, out + k * out_size);
+    im2col(L, g, map, rows);
+    gemm(L, g, rows, pairs[k], out + k * out_size);
   }
   std::free(scratch);
   return 0;

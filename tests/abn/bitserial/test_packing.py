@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from abn.bitserial.packing import LANES, offset_encoding, pack_planes, padded_channels
+from abn.bitserial.packing import offset_encoding, pack_planes, padded_channels
 from abn.quant import SwitchableWeightQuantizer
 
 
@@ -22,11 +22,10 @@ def test_offset_encoding_gives_back_every_level(bits: int) -> None:
 
 
 def unpack(planes: torch.Tensor, words: int) -> np.ndarray:
-    """(bits, blocks, words, 8) int64 -> (bits, out, words * 64) bits, the naive way."""
+    """(bits, out, words) int64 -> (bits, out, words * 64) bits, the naive way."""
     raw = planes.numpy().view(np.uint64)
-    bits, blocks = raw.shape[:2]
-    rows = raw.transpose(0, 1, 3, 2).reshape(bits, blocks * LANES, words)
-    return ((rows[..., None] >> np.arange(64, dtype=np.uint64)) & 1).reshape(bits, -1, words * 64)
+    assert raw.shape[2] == words
+    return ((raw[..., None] >> np.arange(64, dtype=np.uint64)) & 1).reshape(*raw.shape[:2], -1)
 
 
 @pytest.mark.parametrize(("in_ch", "k"), [(3, 3), (16, 3), (32, 3), (70, 1), (64, 3)])
