@@ -24,7 +24,7 @@ import torch
 
 from abn.bitops import CostTable
 from abn.data import EVALUATION_BATCH_SIZE, ImageSet, iterate_batches
-from abn.preprocess import InputSpec, normalize
+from abn.preprocess import InputSpec, Normalizer
 from abn.stats import paired_difference
 from abn.supernet import Supernet
 
@@ -55,9 +55,10 @@ def score_static(
     batch_size: int = EVALUATION_BATCH_SIZE,
 ) -> StaticScores:
     device = next(net.parameters()).device
+    normalize = Normalizer.for_spec(input_spec, device)
     preds, confs = [], []
     for images, _ in iterate_batches(data, batch_size, shuffle=False):
-        probs = torch.softmax(net(normalize(images.to(device), input_spec), list(config)), 1)
+        probs = torch.softmax(net(normalize(images.to(device)), list(config)), 1)
         conf, pred = probs.max(dim=1)
         preds.append(pred.cpu())
         confs.append(conf.cpu())

@@ -22,7 +22,7 @@ from abn.data import EVALUATION_BATCH_SIZE, ImageSet, iterate_batches
 from abn.datasource import load_for_model
 from abn.latency import latency_markdown, measure_latency
 from abn.policy import CompiledPolicy, WidthPolicy
-from abn.preprocess import InputSpec, Normalizer, normalize
+from abn.preprocess import InputSpec, Normalizer
 from abn.store import open_model_dir, update_manifest
 from abn.supernet import Supernet
 
@@ -41,9 +41,10 @@ def predictions(
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
+    normalize = Normalizer.for_spec(input_spec, device)
     out = []
     for images, _ in iterate_batches(data, batch_size, shuffle=False):
-        out.append(net(normalize(images.to(device), input_spec), list(config)).argmax(1).cpu())
+        out.append(net(normalize(images.to(device)), list(config)).argmax(1).cpu())
     net.train(was_training)
     return torch.cat(out)
 

@@ -37,8 +37,8 @@ from abn.datasource import load_for_model
 from abn.devices import resolve_device
 from abn.errors import ConfigError
 from abn.policy import CompiledPolicy, PolicySpec, WidthPolicy
-from abn.preprocess import normalize
-from abn.store import ModelDirectory, open_model_dir, save_policy
+from abn.preprocess import Normalizer
+from abn.store import open_model_dir, save_policy
 from abn.train.common import has_checkpoint, load_checkpoint, save_checkpoint, step_generator
 
 
@@ -148,6 +148,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     charges = BandCharges(table, cfg.bitops_charge, cfg.spend_target, cfg.charge_lr)
     compiled = CompiledPolicy(net, table, policy, device)
+    normalizer = Normalizer.for_spec(md.input_spec, device)
     ckpt_dir = Path(cfg.checkpoints or f"runs/{md.manifest['name']}-policy")
     start, history = 0, []
     if cfg.resume and has_checkpoint(ckpt_dir):
@@ -160,7 +161,7 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     started = time.time()
     running: dict[str, float] = {}
     for step in range(start, cfg.steps):
-        stats = _train_step(cfg, step, compiled, optimizer, charges, train, md)
+        stats = _train_step(cfg, step, compiled, optimizer, charges, train, normalizer)
         running = {n: 0.95 * running.get(n, v) + 0.05 * v for n, v in stats.items()}
         bar.set_postfix({n: f"{v:.3f}" for n, v in running.items()})
         bar.update(1)
@@ -220,7 +221,7 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     charges: BandCharges,
     train: ImageSet,
-    md: ModelDirectory,
+    normalize: Normalizer,
 ) -> dict[str, float]:
     """One REINFORCE step on a fresh batch of (image, budget) pairs, then one dual step of the
     charges; returns the step's figures for the progress bar and history."""
@@ -230,7 +231,7 @@ def _train_step(
     gen = step_generator(cfg.seed, step)
     index = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
     budgets = sample_budgets(table, cfg.batch_size, gen).repeat_interleave(k).to(device)
-    x = normalize(train.images[index].to(device), md.input_spec).repeat_interleave(k, 0)
+    x = normalize(train.images[index].to(device)).repeat_interleave(k, 0)
     y = train.labels[index].to(device).repeat_interleave(k)
     r = compiled.rollout(x, budgets, sample=True, generator=gen)
     log_p = F.log_softmax(r.logits, dim=1).gather(1, y[:, None]).squeeze(1)

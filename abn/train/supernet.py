@@ -46,7 +46,7 @@ from abn.datasource import (
 from abn.errors import ConfigError
 from abn.evaluate import static_accuracy
 from abn.geometry import check_input_geometry
-from abn.preprocess import InputSpec, normalize
+from abn.preprocess import InputSpec, Normalizer
 from abn.quant import FULL_PRECISION
 from abn.store import ModelDescription, open_model_dir, save_model_dir
 from abn.supernet import DEFAULT_BIT_CANDIDATES, ResNetSpec, Supernet, architecture
@@ -242,8 +242,9 @@ def calibrate(
     """Calibrate every BN pair on un-augmented training images (see :mod:`abn.calibrate`)."""
     device = next(net.parameters()).device
     started = time.time()
+    normalize = Normalizer.for_spec(input_spec, device)
     batches = (
-        normalize(images.to(device), input_spec)
+        normalize(images.to(device))
         for epoch in range(10**6)  # cycle through the data as often as the schedule needs
         for images, _ in iterate_batches(
             train, cfg.calibration_batch_size, shuffle=True, seed=cfg.seed, epoch=epoch
@@ -304,6 +305,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     input_spec: InputSpec
+    normalize: Normalizer  # the input spec's, on the run's device
 
 
 def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
@@ -316,7 +318,9 @@ def _train(cfg: SupernetTrainConfig, ctx: DistContext) -> Path:
     optimizer = make_optimizer(net, cfg)
     schedule = Schedule.for_run(cfg, len(train), ctx.world_size)
     start_epoch, history = _restore(cfg, ctx, net, optimizer)
-    run = _Run(cfg, ctx, net, _joint_model(net, ctx), optimizer, schedule, data.input_spec)
+    normalizer = Normalizer.for_spec(data.input_spec, ctx.device)
+    model = _joint_model(net, ctx)
+    run = _Run(cfg, ctx, net, model, optimizer, schedule, data.input_spec, normalizer)
     started = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(run, train, epoch)
@@ -405,7 +409,7 @@ def _train_epoch(run: _Run, train: ImageSet, epoch: int) -> dict:
             group["lr"] = lr_at(step, schedule.total_steps, schedule.warmup_steps, cfg.lr)
         if cfg.augment:
             images = random_crop_flip(images, aug)
-        x = normalize(images.to(ctx.device), run.input_spec)
+        x = run.normalize(images.to(ctx.device))
         logits = run.model(x, step_configs(run.net, cfg, step, schedule.steps_per_epoch))
         loss, parts = joint_loss(logits, labels.to(ctx.device), cfg)
         optimizer.zero_grad(set_to_none=True)
