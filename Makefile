@@ -12,7 +12,7 @@ APT_PACKAGES := dataset-fashion-mnist
 # bench's load generator, which tests/loadtest drives in a tiny end-to-end run.
 TEST_APT_PACKAGES := prometheus docker-compose wrk
 
-.PHONY: serve test lint format venv dev-venv system-deps test-deps dashboards bench wheel clean
+.PHONY: serve test lint format venv dev-venv system-deps test-deps dashboards bench bench-bitserial wheel clean
 
 # the package and what serving needs, nothing else (make serve)
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -54,6 +54,14 @@ BENCH_APT_PACKAGES := wrk
 bench: venv system-deps
 	scripts/apt-install.sh $(BENCH_APT_PACKAGES)
 	$(BIN)/python -m loadtest.bench --model $(BENCH_MODEL) $(BENCH_ARGS)
+
+# The bit-serial backend against the float path (loadtest/bitserial.py): latency per width at
+# batch 1 and 32, adaptive latency against BitOps, served throughput and p50 at the cheapest
+# and dearest budget; writes docs/bitserial.md (+ docs/bitserial/), about 6 minutes on 2 cores.
+# The exactness figures: .venv/bin/python scripts/bitserial_exactness.py (docs/bitserial/).
+bench-bitserial: venv system-deps
+	scripts/apt-install.sh $(BENCH_APT_PACKAGES)
+	$(BIN)/python -m loadtest.bitserial --model $(BENCH_MODEL) $(BENCH_ARGS)
 
 # Regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their script.
 dashboards: dev-venv
