@@ -144,7 +144,7 @@ def test_selectors_ports_and_scraping_agree(build: str, built: dict) -> None:
         assert endpoint["path"] == annotations["prometheus.io/path"]
         target = service_ports[endpoint["port"]]["targetPort"]
         assert ports[target] == int(annotations["prometheus.io/port"])
-        assert service["metadata"]["name"] == "abn-serve"  # the job name rules select on
+        assert service["metadata"]["labels"][spec["jobLabel"]] == "abn-serve"  # rules' job
 
 
 @pytest.mark.parametrize("build", BUILDS)
