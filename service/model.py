@@ -19,6 +19,7 @@ from abn.bitops import CostTable, cost_table
 from abn.bitserial import BitSerialUnavailableError, use_bitserial
 from abn.devices import resolve_device
 from abn.errors import ABNError, ConfigError
+from abn.latency import measure_latency
 from abn.policy import CompiledPolicy, WidthPolicy
 from abn.preprocess import InputSpec, Normalizer
 from abn.store import ModelDirectory, open_model_dir
@@ -63,6 +64,11 @@ class ServedModel:
         self.table = table
         self.device = device
         self.backend = backend  # how the switchable layers compute (BACKENDS)
+        # the manifest's latency table was measured on the float path; another backend's is
+        # measured here, at warm-up (:meth:`warm_up`)
+        self.latency: dict[str, Any] | None = (
+            directory.manifest.get("latency") if backend == "float" else None
+        )
         self.input_spec: InputSpec = directory.input_spec
         self.classes: list[str] = directory.classes
         self.name = str(directory.manifest.get("name", directory.path.name))
@@ -162,7 +168,7 @@ class ServedModel:
                 "adaptive": self.accuracy.adaptive,
                 "baselines": self.accuracy.baselines,
             },
-            "latency": manifest.get("latency"),
+            "latency": self.latency,
             "architecture": str(manifest.get("architecture", {}).get("name", "")),
             "policy": self.policy_kind,
             "device": str(self.device),
@@ -214,3 +220,6 @@ class ServedModel:
         self.infer(images, budgets, None)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if self.backend != "float":  # the card's latency table, on this backend and machine
+            measured = measure_latency(self.net, self.table, self.input_spec, batch, 5, 1)
+            self.latency = measured | {"backend": self.backend, "measured": "at start"}

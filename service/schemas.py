@@ -178,9 +178,10 @@ class ModelCard(BaseModel):
     accuracy: AccuracyTablesModel = Field(description="measured on the test set")
     latency: LatencyTable | None = Field(
         default=None,
-        description="time per uniform width where abn evaluate measured it: quantization is "
-        "simulated in float32, so on hardware without low-bit arithmetic every width costs the "
-        "same time and BitOps are an accounting unit",
+        description="time per uniform width: with ABN_BACKEND=float, where abn evaluate "
+        "measured it (quantization is simulated in float32, so every width costs the same time "
+        "and BitOps are an accounting unit); with bitserial, measured on this machine at start "
+        "(time falls with BitOps)",
     )
     architecture: str
     policy: Literal["learned", "uniform_fallback"] = Field(

@@ -38,3 +38,15 @@ def test_bitserial_answers_as_float_under_the_policy(tiny_model_dir) -> None:
     assert torch.equal(expected.bitops, got.bitops)
     assert torch.equal(expected.probabilities.argmax(1), got.probabilities.argmax(1))
     torch.testing.assert_close(got.probabilities, expected.probabilities, atol=1e-3, rtol=0)
+
+
+@pytest.mark.skipif(not RUNNABLE, reason="this CPU cannot run the avx512 kernel")
+def test_the_card_latency_table_is_measured_on_the_backend_at_warm_up(tiny_model_dir) -> None:
+    model = ServedModel.load(tiny_model_dir, "cpu", "bitserial")
+    assert model.card()["latency"] is None  # the manifest's is the float path's
+    model.warm_up(32)
+    latency = model.card()["latency"]
+    assert latency["backend"] == "bitserial" and latency["batch_size"] == 32
+    ms = {row["bit_widths"][0]: row["batch_ms"] for row in latency["rows"]}
+    assert set(ms) == set(model.bit_candidates)
+    assert ms[min(ms)] < ms[max(ms)]  # 1 x 1 bits against 8 x 8: 64 times the BitOps
