@@ -147,32 +147,36 @@ void quantize(const abn_bitserial_layer& L, const Geometry& g, const float* x, u
 void im2col(const abn_bitserial_layer& L, const Geometry& g, const uint8_t* map,
             uint64_t* rows) {
   const int64_t kw = L.row_words, field = L.kernel * L.channels;  // map bytes per kernel row
-  const int64_t segment = kw / L.kernel;
+  const int64_t segment = kw / L.kernel, plane_stride = kw * kGroup;
   for (int64_t p = g.positions; p < g.groups * kGroup; ++p)
     for (int64_t i = 0; i < L.act_bits; ++i)
       for (int64_t k = 0; k < kw; ++k) rows[row_index(L, p, i, k)] = 0;
+#if ABN_AVX512
+  __m512i bit[8];
+  for (int64_t i = 0; i < L.act_bits; ++i) bit[i] = _mm512_set1_epi8(static_cast<char>(1 << i));
+#endif
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     for (int64_t ox = 0; ox < g.ow; ++ox) {
       const int64_t p = oy * g.ow + ox;
+      uint64_t* base = rows + row_index(L, p, 0, 0);  // word k, plane i: + i * stride + k * 8
+      const uint8_t* corner = map + (oy * L.stride * g.wp + ox * L.stride) * L.channels;
       for (int64_t ky = 0; ky < L.kernel; ++ky) {
-        const uint8_t* src = map + ((oy * L.stride + ky) * g.wp + ox * L.stride) * L.channels;
+        const uint8_t* src = corner + ky * g.wp * L.channels;
         for (int64_t piece = 0; piece < segment; ++piece) {
           const int64_t left = field - 64 * piece;
-          const int64_t k = ky * segment + piece;
+          uint64_t* dst = base + (ky * segment + piece) * kGroup;
 #if ABN_AVX512
           const __mmask64 m = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
           const __m512i v = _mm512_maskz_loadu_epi8(m, src + 64 * piece);
-          for (int64_t i = 0; i < L.act_bits; ++i) {
-            const __m512i bit = _mm512_set1_epi8(static_cast<char>(1 << i));
-            rows[row_index(L, p, i, k)] = _mm512_test_epi8_mask(v, bit);
-          }
+          for (int64_t i = 0; i < L.act_bits; ++i)
+            dst[i * plane_stride] = _mm512_test_epi8_mask(v, bit[i]);
 #else
           const int64_t n = left >= 64 ? 64 : left;
           for (int64_t i = 0; i < L.act_bits; ++i) {
             uint64_t word = 0;
             for (int64_t t = 0; t < n; ++t)
               word |= static_cast<uint64_t>((src[64 * piece + t] >> i) & 1) << t;
-            rows[row_index(L, p, i, k)] = word;
+            dst[i * plane_stride] = word;
           }
 #endif
         }
