@@ -6,11 +6,13 @@ temporary directory, the project's alert rules loaded). After one scrape of the 
 traffic goes in: classifications at random budgets (adaptive and pinned, concurrent so they
 batch), feedback (correct and incorrect), and client errors. Then every PromQL expression of
 every panel of the generated dashboards runs through Prometheus' HTTP API, as Grafana would
-run it, until each returns a finite value: with the dashboard's namespace and pod variables at
-"All" (``.*``), as in compose, whose Prometheus adds neither label; the variables' own
-``label_values`` queries run as well (and list nothing here). With a pod that does not exist,
-no panel has data: every query is filtered by the variables. Both processes are started and
-stopped by PID.
+run it, until each returns a finite value. The server is scraped as two targets of the one job:
+as compose's Prometheus sees it (no namespace or pod label) and as Kubernetes' does (those
+labels added, as prometheus-kubernetes.yml and the ServiceMonitor add them). Every panel has
+data with the dashboard's namespace and pod variables at "All" (``.*``, which takes in the
+unlabelled target too), for the unlabelled target alone, and for the labelled pod chosen; none
+with a pod that does not exist; the variables' own ``label_values`` queries list the labelled
+pod. Both processes are started and stopped by PID.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ JOB = "abn-serve"
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$__interval": "1s"}
 # The dashboard's own variables at "All" (their allValue), as a fresh dashboard opens.
 ALL_PODS = {"$namespace": ".*", "$pod": ".*"}
+# The labels Kubernetes scraping gives the second target.
+POD_LABELS = {"namespace": "abn", "pod": "abn-serve-0"}
 POLL_SECONDS = 40.0
 
 
@@ -94,16 +98,20 @@ def wait_until(
 
 
 def scrape_config_for_test(abn_port: int, prometheus_port: int, rules: list[str]) -> dict:
-    """deploy/prometheus/prometheus.yml with its targets rewritten (the one change a test
-    needs) and a 1 s scrape interval; relabelling, job names and rules stay as committed."""
+    """deploy/prometheus/prometheus.yml with its targets rewritten and a 1 s scrape interval;
+    relabelling, job names and rules stay as committed. The server is two targets of its job:
+    one as compose scrapes it, one with the labels of a Kubernetes pod."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job.pop("static_configs", None)
         job["scrape_interval"] = "1s"
-        port = abn_port if job["job_name"] == JOB else prometheus_port
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        if job["job_name"] == JOB:
+            target = [f"127.0.0.1:{abn_port}"]
+            job["static_configs"] = [{"targets": target}, {"targets": target, "labels": POD_LABELS}]
+        else:
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{prometheus_port}"]}]
     assert JOB in {job["job_name"] for job in config["scrape_configs"]}
     config["rule_files"] = rules
     return config
@@ -287,28 +295,40 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 
     missing: list[str] = []
 
-    def every_panel_has_data() -> bool:
+    def every_panel_has_data(scoped: list[tuple[str, str, bool]]) -> bool:
         missing.clear()
-        for title, expr, instant in queries:
+        for title, expr, instant in scoped:
             if not finite(query(expr) if instant else query_range(expr)):
                 missing.append(f"{title}: {expr}")
         return not missing
 
-    try:
-        wait_until("panels without data", every_panel_has_data, processes, POLL_SECONDS)
-    except TimeoutError as err:
-        raise AssertionError("no data for:\n" + "\n".join(missing)) from err
+    # "All"; the unlabelled (compose) target alone (what `.*` adds to the labelled ones); the
+    # labelled pod chosen, as on Kubernetes.
+    chosen = {"$namespace": POD_LABELS["namespace"], "$pod": POD_LABELS["pod"]}
+    for scope in (ALL_PODS, {"$namespace": "", "$pod": ""}, chosen):
+        try:
+            scoped = queries if scope is ALL_PODS else panel_queries(scope)
+            wait_until(
+                f"panels without data for {scope}",
+                lambda scoped=scoped: every_panel_has_data(scoped),
+                processes,
+                POLL_SECONDS,
+            )
+        except TimeoutError as err:
+            raise AssertionError(f"no data for {scope}:\n" + "\n".join(missing)) from err
+    up_all = f'up{{job="{JOB}", namespace=~".*", pod=~".*"}}'
+    assert float(query(f"count({up_all})")["data"]["result"][0]["value"][1]) == 2
 
-    # The variables' own queries run, and list nothing: this Prometheus, like compose's, adds
-    # no namespace or pod label, so "All" (.*) is what every panel gets.
+    # The variables' own queries list what Kubernetes labelled (the unlabelled target adds
+    # nothing: in compose the lists are empty and "All" stays).
     variables = variable_queries()
     assert {label for label, _ in variables} == {"namespace", "pod"}
     for label, selector in variables:
         r = httpx.get(
             f"{prom}/api/v1/label/{label}/values", params={"match[]": selector}, timeout=10
         )
-        assert r.status_code == 200 and r.json()["data"] == [], (label, selector, r.text)
-        assert query(f"count({selector})")["data"]["result"], f"{selector} matches no series"
+        assert r.status_code == 200, (label, selector, r.text)
+        assert r.json()["data"] == [POD_LABELS[label]], (label, selector, r.text)
 
     # Another pod chosen: every panel is empty (none shows the only replica's data).
     for title, expr, instant in panel_queries({"$namespace": ".*", "$pod": "no-such-pod"}):
