@@ -1,14 +1,16 @@
 """docs/bitserial.md from one run of :mod:`loadtest.bitserial`: tables, targets, the plot.
 
 Nothing here measures: it turns the run's results (also written as ``bench.json``) into the
-page, so the page can be rebuilt from the JSON and every figure on it comes from that run.
-The exactness figures are ``scripts/bitserial_exactness.py``'s, read from its JSON when there.
+page, so every figure on it comes from that run, and ``python -m loadtest.bitserial_page
+docs/bitserial/bench.json`` rebuilds the page from the JSON alone. The exactness figures are
+``scripts/bitserial_exactness.py``'s, read from its JSON when there.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +240,54 @@ def header(results: dict) -> list[str]:
     ]
 
 
+ABOUT = [
+    "## What it is",
+    "",
+    "`ABN_BACKEND=bitserial` runs the eight switchable layers of the served model on a C++ "
+    "kernel (`abn/bitserial/csrc/bitserial.cpp`) whose work is proportional to the BitOps the "
+    "budget counts; the stem, the classifier (both fixed at 8 bits), the policy, ReLUs, "
+    "residual sums and pooling stay in torch. The default stays `float`.",
+    "",
+    "- **At load**, every width's weight levels (the quantizer's own integers, "
+    "`SwitchableWeightQuantizer.integer_levels`) are offset-encoded, `level = alpha * u + "
+    "beta` with `u` unsigned (`b >= 2` bits: `u = level + 2^(b-1)`; 1 bit, levels -1/+1: "
+    "`alpha = 2`, `beta = -1`), and packed into `b` bit-planes, one bit row per output "
+    "channel in (kernel row, kernel column, channel) order. Each (input width, width) "
+    "BatchNorm pair becomes one per-channel scale (times both quantizer steps) and shift.",
+    "- **Per layer and width group**, the float input is quantized to levels exactly as the "
+    "float path does (`clamp(x / step, 0, high)`, round half to even) into a zero-bordered "
+    "NHWC byte map (level 0 is 0.0, so the conv's zero padding is exact); each output "
+    "position's receptive field becomes one bit row per activation plane, one VPTESTMB per 64 "
+    "levels; the popcount GEMM sums `2^(i+j) popcount(A_i AND U_j)` over the rows, eight "
+    "output positions per 512-bit VPOPCNTQ, then `dot = alpha * sum + beta * sum(a)` and "
+    "`y = dot * scale[pair] + shift[pair]`, written NCHW. A `b x b`-bit layer costs `b^2` "
+    "binary GEMMs: the BitOps, plus fixed costs per layer (quantize, pack, the BN epilogue).",
+    "- **Grouping** is the served path's: samples are grouped by width per layer and each "
+    "group is one kernel call; every sample has its own BN pair.",
+    "- **Built at install**: `make venv` (`scripts/apt-install.sh g++`, then `python -m "
+    "abn.bitserial`) and the Dockerfile's builder stage compile two libraries into "
+    "`abn/bitserial/_build/`, named by the hash of source and flags: the AVX-512 kernel "
+    "(F/BW/DQ + VPOPCNTDQ) and a portable POPCNT one. A wheel carries the source and compiles "
+    "on first use (seconds) into `_build/` or `~/.cache/abn-serve/bitserial`.",
+    "- **Refused** at start, with the reason, where the CPU lacks one of `avx512f avx512bw "
+    "avx512dq avx512_vpopcntdq` (read from `/proc/cpuinfo`): `ABN_BACKEND=bitserial: the "
+    "bit-serial backend's avx512 kernel needs the CPU features avx512_vpopcntdq (this CPU "
+    "lacks); use ABN_BACKEND=float on this machine`, and on a GPU (`ABN_DEVICE=cpu` is "
+    "needed). The portable kernel computes the same and runs the tests anywhere; it is not "
+    "served (slower than float).",
+    "- **Exactness**: the same integers as the fake-quantized path; the logits are identical "
+    "unless an activation lies within float rounding of a rounding boundary "
+    f"([{ARTIFACTS}/exactness.md]({ARTIFACTS}/exactness.md)).",
+    "",
+]
+
+
 def write_page(out: Path, results: dict[str, Any]) -> Path:
     artifacts = out / ARTIFACTS
     artifacts.mkdir(parents=True, exist_ok=True)
     (artifacts / "bench.json").write_text(json.dumps(results, indent=1, default=str))
     plot(results, artifacts / "latency_vs_bitops.png")
-    lines = header(results)
+    lines = header(results) + ABOUT
     lines += ["## Targets (issue 18)", "", *targets(results, out), ""]
     lines += ["## Latency per uniform width", "", *uniform_table(results), ""]
     lines += ["## Adaptive requests: time against the BitOps spent", "", *adaptive_table(results)]
@@ -259,3 +303,18 @@ def write_page(out: Path, results: dict[str, Any]) -> Path:
     page = out / "bitserial.md"
     page.write_text("\n".join(lines))
     return page
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the page (into the JSON's grandparent, ``docs/``) from a run's ``bench.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not Path(args[0]).is_file():
+        print("usage: python -m loadtest.bitserial_page docs/bitserial/bench.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    print(write_page(path.parent.parent, json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
