@@ -11,7 +11,7 @@ import io
 import json
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from service.app import create_app
@@ -471,3 +473,84 @@ def test_mlserver_base64_annotation(make_app: Callable[..., FastAPI]) -> None:
     plain, annotated, in_binary = call(make_app, send)
     labels = [outputs(r.json())["label"].tolist() for r in (plain, annotated, in_binary)]
     assert labels[0] == labels[1] == labels[2], [r.text[:200] for r in (annotated, in_binary)]
+
+
+# -- any request, however malformed: an explicit 4xx, never a 500 ------------------------------
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-300, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_tensors = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["image", "pixels", "other"]),
+        "datatype": st.sampled_from(["BYTES", "UINT8", "FP32", "INT64", "bytes"]),
+        "shape": st.lists(st.integers(-1, 30), max_size=4),
+    },
+    optional={
+        "data": st.recursive(st.lists(_scalars, max_size=6), lambda c: st.lists(c, max_size=3)),
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_size", "content_type", "x"]), _scalars, max_size=2
+        ),
+    },
+)
+_requests = st.fixed_dictionaries(
+    {"inputs": st.lists(_tensors, max_size=2)},
+    optional={
+        "id": _scalars,
+        "parameters": st.dictionaries(
+            st.sampled_from(["budget", "bit_widths", "binary_data_output", "timeout", "y"]),
+            _scalars,
+            max_size=3,
+        ),
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["label", "bitops", "logits"])},
+                optional={"parameters": st.dictionaries(st.just("binary_data"), _scalars)},
+            ),
+            max_size=3,
+        ),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def v2_client(
+    served_model: ServedModel, tiny_model_dir: Path
+) -> Iterator[tuple[asyncio.Runner, httpx.AsyncClient]]:
+    """One app for every generated request, its lifespan in one event loop (a Runner)."""
+    settings = Settings(model_dir=tiny_model_dir, device="cpu", max_images_per_request=4)
+    app = create_app(settings, model=served_model)
+    with asyncio.Runner() as runner:
+        context = serving(app)
+        client = runner.run(context.__aenter__())
+        try:
+            yield runner, client
+        finally:
+            runner.run(context.__aexit__(None, None, None))
+
+
+@given(request=_requests, binary=st.binary(max_size=64), header_length=st.booleans())
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_generated_requests_never_fail_the_server(
+    v2_client: tuple[asyncio.Runner, httpx.AsyncClient],
+    request: dict[str, Any],
+    binary: bytes,
+    header_length: bool,
+) -> None:
+    runner, client = v2_client
+    header = json.dumps(request).encode()  # NaN and Infinity too, as Python writes them
+    headers = {"Inference-Header-Content-Length": str(len(header))} if header_length else {}
+    response = runner.run(client.post(INFER, content=header + binary, headers=headers))
+    assert response.status_code in (200, 400, 413, 422), response.text
+    if response.status_code != 200:
+        body = response.json()
+        assert set(body) == {"error", "error_type"} and len(body["error"]) > 15, body
