@@ -187,6 +187,11 @@ async def infer(
     raw = await read_body(request, settings.max_body_bytes)
     header, binary = split_body(raw, request.headers.getlist(HEADER_LENGTH))
     parsed = _parse(header)
+    if parsed.model_name not in (None, model.name):
+        raise BadTensor(
+            f"the request's model_name {ascii(parsed.model_name[:80])} is not the model of "
+            f"its path, '{model.name}'"
+        )
     parameters = parsed.parameters or {}
     _check_parameters(parameters)
     cost = _cost(parameters, model, state.default_budget)

@@ -79,6 +79,10 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = Field(
+        default=None,
+        description="KServe's client repeats the path's model name here; another is a 400",
+    )
     parameters: Parameters | None = Field(
         default=None,
         description="budget (BitOps per image: a number, or a string in X-BitOps-Budget's "

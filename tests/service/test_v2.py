@@ -278,6 +278,7 @@ def _bad_requests() -> dict[str, tuple[int, dict[str, Any], bytes, dict[str, str
         "two inputs": (400, {"inputs": [img, img]}, b"", {}),
         "unknown input": (400, {"inputs": [{**img, "name": "photo"}]}, b"", {}),
         "misspelt key": (400, {"inputs": [img], "output": []}, b"", {}),
+        "another model_name": (400, {"inputs": [img], "model_name": "other"}, b"", {}),
         "unknown parameter": (400, {"inputs": [img], "parameters": {"bugdet": 1}}, b"", {}),
         "unknown output": (400, {"inputs": [img], "outputs": [{"name": "logits"}]}, b"", {}),
         "classification": (
@@ -554,3 +555,28 @@ def test_generated_requests_never_fail_the_server(
     if response.status_code != 200:
         body = response.json()
         assert set(body) == {"error", "error_type"} and len(body["error"]) > 15, body
+
+
+def test_kserve_shaped_request(make_app: Callable[..., FastAPI]) -> None:
+    """What KServe's InferenceRESTClient sends (InferRequest.to_rest): the model name and an
+    id at the top level, input parameters present, JSON data."""
+    request = {
+        "id": "2c7f0e9a-kserve",
+        "model_name": MODEL,
+        "inputs": [{**image_input([png(4)]), "parameters": {"content_type": "base64"}}],
+        "outputs": [{"name": "label"}, {"name": "class_name"}],
+        "parameters": {"budget": 100000000},
+    }
+
+    async def send(c: httpx.AsyncClient) -> httpx.Response:
+        return await c.post(
+            INFER, content=json.dumps(request), headers={"Content-Type": "application/json"}
+        )
+
+    response = call(make_app, send)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "2c7f0e9a-kserve" and [o["name"] for o in body["outputs"]] == [
+        "label",
+        "class_name",
+    ]
