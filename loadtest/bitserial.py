@@ -28,7 +28,13 @@ import torch
 from abn.data import load_fashion_mnist
 from abn.errors import ABNError
 from abn.store import DEFAULT_MODEL_DIR
-from loadtest.bitserial_offline import adaptive_latency, fit_line, layer_profile, uniform_latency
+from loadtest.bitserial_offline import (
+    AdaptivePoint,
+    adaptive_latency,
+    fit_summary,
+    layer_profile,
+    uniform_latency,
+)
 from loadtest.bitserial_page import write_page
 from loadtest.machine import machine_info
 from loadtest.server import ManagedServer
@@ -83,11 +89,6 @@ def offline(cfg: Config, pixels: torch.Tensor) -> dict[str, Any]:
     steps = cfg.adaptive_budgets - 1
     budgets = [low * (high / low) ** (i / steps) for i in range(cfg.adaptive_budgets)]
     points = adaptive_latency(models, pixels, budgets, max(3, cfg.repeats // 4))
-    fits = {
-        f"{b} {clock[:-3]}": fit_line([p for p in points if p.backend == b], clock)
-        for b in BACKENDS
-        for clock in ("wall_ms", "cpu_ms")
-    }
     cost = models["float"].table.cost
     layers = models["float"].num_layers
     return {
@@ -102,20 +103,31 @@ def offline(cfg: Config, pixels: torch.Tensor) -> dict[str, Any]:
             for c, ms in sorted(uniform.items(), key=lambda kv: astuple(kv[0]))
         ],
         "adaptive": [vars(p) for p in points],
-        "fits": {
-            name: vars(f)
-            | {
-                "share_at_min": f.share_proportional(low),
-                "share_at_max": f.share_proportional(high),
-            }
-            for name, f in fits.items()
-        },
+        "fits": fits(uniform, points, cost, layers),
         "min_bitops": low,
         "max_bitops": high,
         "profile": layer_profile(
             models["bitserial"], pixels[:32], (1, 2, 8), max(5, cfg.repeats // 2)
         ),
     }
+
+
+def fits(uniform: dict, points: list, cost, layers: int) -> dict[str, dict[str, float]]:
+    """Lines of time against BitOps: over the adaptive batches (policy, re-runs included) and
+    over the uniform widths at batch 32 (pinned: nothing but the widths changes), per backend
+    and clock."""
+    out = {}
+    for backend in BACKENDS:
+        pinned = [
+            AdaptivePoint(backend, cost([c.bits] * layers), cost([c.bits] * layers), **ms)
+            for c, ms in uniform.items()
+            if c.backend == backend and c.batch == 32
+        ]
+        adaptive = [p for p in points if p.backend == backend]
+        for clock in ("wall_ms", "cpu_ms"):
+            out[f"adaptive {backend} {clock[:-3]}"] = fit_summary(adaptive, clock)
+            out[f"uniform {backend} {clock[:-3]}"] = fit_summary(pinned, clock)
+    return out
 
 
 def request_sets(cfg: Config, images: Images, card: dict[str, Any]) -> dict[str, Path]:

@@ -136,6 +136,20 @@ def fit_line(points: list[AdaptivePoint], clock: str = "wall_ms") -> LineFit:
     return LineFit(a, b, 1.0 - residual / total if total > 0 else 1.0)
 
 
+def fit_summary(points: list[AdaptivePoint], clock: str) -> dict[str, float]:
+    """The fitted line over ``points`` and, at both ends of their BitOps, the part of the time
+    that is proportional to BitOps."""
+    fit = fit_line(points, clock)
+    low = min(p.mean_bitops for p in points)
+    high = max(p.mean_bitops for p in points)
+    return vars(fit) | {
+        "bitops_low": low,
+        "bitops_high": high,
+        "share_at_low": fit.share_proportional(low),
+        "share_at_high": fit.share_proportional(high),
+    }
+
+
 def layer_profile(
     model: ServedModel, images: torch.Tensor, widths: tuple[int, ...], repeats: int
 ) -> dict[int, dict[str, float]]:

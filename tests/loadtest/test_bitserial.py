@@ -57,15 +57,22 @@ def synthetic(two_over_eight: float) -> dict:
         "intercept_ms": 0.1,
         "slope_ms_per_gbitop": 1.0,
         "r_squared": 1.0,
-        "share_at_min": 0.5,
-        "share_at_max": 0.9,
+        "bitops_low": 1e7,
+        "bitops_high": 6.4e8,
+        "share_at_low": 0.5,
+        "share_at_high": 0.9,
     }
     machine = {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "load_average": "0 0 0"}
     return {
         "offline": {
             "uniform": uniform,
             "adaptive": adaptive,
-            "fits": {f"{b} {c}": fit for b in BACKENDS for c in ("wall", "cpu")},
+            "fits": {
+                f"{kind} {b} {c}": fit
+                for kind in ("adaptive", "uniform")
+                for b in BACKENDS
+                for c in ("wall", "cpu")
+            },
             "min_bitops": 1e7,
             "max_bitops": 6.4e8,
             "profile": {"1": {"layer": 0.1, "rest": 0.1}},
