@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -187,19 +188,12 @@ async def infer(
     raw = await read_body(request, settings.max_body_bytes)
     header, binary = split_body(raw, request.headers.getlist(HEADER_LENGTH))
     parsed = _parse(header)
-    if parsed.model_name not in (None, model.name):
-        raise BadTensor(
-            f"the request's model_name {ascii(parsed.model_name[:80])} is not the model of "
-            f"its path, '{model.name}'"
-        )
-    parameters = parsed.parameters or {}
-    _check_parameters(parameters)
-    cost = _cost(parameters, model, state.default_budget)
+    asked = _asked(parsed, model, state.default_budget)
+    cost = asked.cost
     access = request.scope.setdefault(ACCESS_KEY, {})  # what the access line reports
     access["budget"] = cost.budget
-    outputs = requested_outputs(parsed, _flag(parameters, "binary_data_output"))
     arrival = request.scope.get(ARRIVAL_KEY, time.monotonic())
-    deadline = arrival + min(settings.request_timeout_seconds, _timeout_seconds(parameters))
+    deadline = arrival + min(settings.request_timeout_seconds, asked.timeout_seconds)
     tensor = read_input(parsed, binary, model.input_spec, max_images(settings))
     del raw, header, binary
     images = (
@@ -212,7 +206,7 @@ async def infer(
         request, submit_all(engine, images, cost, deadline, request_id), deadline
     )
     access["bitops"] = math.fsum(answer.bitops for answer in answers)
-    return _response(state, parsed.id or request_id, request_id, answers, cost, outputs)
+    return _response(state, parsed.id or request_id, request_id, answers, cost, asked.outputs)
 
 
 def _response(
@@ -280,6 +274,30 @@ def _parse(header: bytes) -> InferRequest:
             where = ".".join(str(p) for p in problem.get("loc", ())) or "request"
             parts.append(f"{where}: {problem.get('msg', 'invalid')}")
         raise BadTensor("the inference request is not valid: " + "; ".join(parts)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What an infer request asks besides its input: the cost, the outputs, its deadline."""
+
+    cost: CostRequest
+    outputs: list[tuple[str, bool]]  # (name, binary)
+    timeout_seconds: float  # inf: the server's deadline alone
+
+
+def _asked(parsed: InferRequest, model: ServedModel, default_budget: float) -> _Asked:
+    if parsed.model_name not in (None, model.name):
+        raise BadTensor(
+            f"the request's model_name {ascii(parsed.model_name[:80])} is not the model of "
+            f"its path, '{model.name}'"
+        )
+    parameters = parsed.parameters or {}
+    _check_parameters(parameters)
+    return _Asked(
+        cost=_cost(parameters, model, default_budget),
+        outputs=requested_outputs(parsed, _flag(parameters, "binary_data_output")),
+        timeout_seconds=_timeout_seconds(parameters),
+    )
 
 
 def _check_parameters(parameters: dict[str, Any]) -> None:
