@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -28,7 +27,7 @@ from service.cost import CostRequest, cost_request
 from service.decode import IMAGE_FIELD, IMAGE_MEDIA_TYPES, body_kind, read_images
 from service.engine import Answer
 from service.images import decode_images
-from service.jobs import count_answers, max_images, submit_all, wait_all
+from service.jobs import count_answers, feedback_ids, max_images, submit_all, wait_all
 from service.logs import ACCESS_KEY
 from service.middleware import ARRIVAL_KEY, GENERATED_ID_KEY, REQUEST_ID_KEY
 from service.plain_route import PlainRoute, encode_json, format_number
@@ -152,17 +151,14 @@ def to_response(
     image's object, or for several ``{"id", "model", "results": [one object per image]}``."""
     count_answers(state, answers, cost)
     request_id: str = scope[REQUEST_ID_KEY]
-    generated = bool(scope.get(GENERATED_ID_KEY))
     several = len(answers) > 1
-    results = []
-    for i, answer in enumerate(answers):
-        label = answer.top_labels[0]
-        if generated:  # ours to shape: each id carries its prediction, signed
-            image_id = state.predictions.sign(uuid.uuid4().hex if several else request_id, label)
-        else:
-            image_id = f"{request_id}-{i}" if several else request_id
-        state.predictions.remember(image_id, label)
-        results.append(_image_body(state, image_id, answer, cost, latency_ms))
+    ids = feedback_ids(
+        state, request_id, bool(scope.get(GENERATED_ID_KEY)), answers, one=not several
+    )
+    results = [
+        _image_body(state, image_id, answer, cost, latency_ms)
+        for image_id, answer in zip(ids, answers, strict=True)
+    ]
     if several:
         body: dict[str, Any] = {"id": request_id, "model": state.model_ref, "results": results}
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 
 import torch
@@ -100,6 +101,29 @@ def count_answers(state: ServiceState, answers: Sequence[Answer], cost: CostRequ
                 bitops=answer.bitops,
             ),
         )
+
+
+def feedback_ids(
+    state: ServiceState,
+    request_id: str,
+    generated: bool,
+    answers: Sequence[Answer],
+    one: bool,
+) -> list[str]:
+    """Each answer's id for ``POST /feedback``, remembered with its prediction. ``one``: the
+    request's answer is one image's, whose id is the request's (signed when generated);
+    otherwise each image has its own: a signed id of its own when the request's was
+    generated, else the client's id with ``-<index>``."""
+    ids = []
+    for i, answer in enumerate(answers):
+        label = answer.top_labels[0]
+        if generated:  # ours to shape: each id carries its prediction, signed
+            image_id = state.predictions.sign(request_id if one else uuid.uuid4().hex, label)
+        else:
+            image_id = request_id if one else f"{request_id}-{i}"
+        state.predictions.remember(image_id, label)
+        ids.append(image_id)
+    return ids
 
 
 def _cancel(waited: asyncio.Future, futures: Sequence[asyncio.Future[Answer]]) -> None:

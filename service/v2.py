@@ -33,9 +33,9 @@ from service.decode import read_body
 from service.engine import Answer
 from service.errors import NotFound, UnsupportedMediaType
 from service.images import decode_images
-from service.jobs import count_answers, max_images, submit_all, wait_all
+from service.jobs import count_answers, feedback_ids, max_images, submit_all, wait_all
 from service.logs import ACCESS_KEY
-from service.middleware import ARRIVAL_KEY, REQUEST_ID_KEY
+from service.middleware import ARRIVAL_KEY, GENERATED_ID_KEY, REQUEST_ID_KEY
 from service.model import ServedModel
 from service.plain_route import PlainRoute, encode_json
 from service.routes import READY_RESPONSES, readiness
@@ -49,6 +49,7 @@ from service.v2_schemas import (
     ServerMetadata,
 )
 from service.v2_tensors import (
+    Answered,
     BadTensor,
     encode_outputs,
     input_metadata,
@@ -206,26 +207,28 @@ async def infer(
         request, submit_all(engine, images, cost, deadline, request_id), deadline
     )
     access["bitops"] = math.fsum(answer.bitops for answer in answers)
-    return _response(state, parsed.id or request_id, request_id, answers, cost, asked.outputs)
+    return _response(request, state, parsed.id or request_id, answers, asked)
 
 
 def _response(
-    state: ServiceState,
-    response_id: str,
-    request_id: str,
-    answers: list[Answer],
-    cost: CostRequest,
-    outputs: list[tuple[str, bool]],
+    request: Request, state: ServiceState, response_id: str, answers: list[Answer], asked: _Asked
 ) -> Response:
-    """Count the answers; the v2 response, JSON or JSON plus binary outputs."""
-    count_answers(state, answers, cost)
+    """Count and remember the answers; the v2 response, JSON or JSON plus binary outputs."""
+    count_answers(state, answers, asked.cost)
+    request_id: str = request.scope[REQUEST_ID_KEY]
+    generated = bool(request.scope.get(GENERATED_ID_KEY))
+    ids = feedback_ids(state, request_id, generated, answers, one=False)
     model = state.loaded_model()
-    entries, binary = encode_outputs(answers, model.classes, outputs)
+    entries, binary = encode_outputs(Answered(answers, model.classes, ids), asked.outputs)
     body = {
         "model_name": model.name,
         "model_version": model.version,
         "id": response_id,
-        "parameters": {"budget": cost.budget, "policy": cost.policy, "request_id": request_id},
+        "parameters": {
+            "budget": asked.cost.budget,
+            "policy": asked.cost.policy,
+            "request_id": request_id,
+        },
         "outputs": entries,
     }
     encoded = encode_json(body).encode()

@@ -52,25 +52,40 @@ class BadTensor(ServiceError):
     error_type = "invalid_request"
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What the outputs are made of: the answers, the class names, and each answer's id."""
+
+    answers: Sequence[Answer]
+    classes: Sequence[str]
+    ids: Sequence[str]  # for POST /feedback, one per image
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     """One output the route can answer: its datatype and how to build it from the answers."""
 
     datatype: str
-    build: Callable[[Sequence[Answer], Sequence[str]], np.ndarray]
+    build: Callable[[Answered], np.ndarray]
+
+
+def _strings(values: Sequence[str]) -> np.ndarray:
+    return np.array([v.encode() for v in values], np.object_)
 
 
 OUTPUTS: dict[str, OutputSpec] = {
-    "label": OutputSpec("INT64", lambda a, _: np.array([x.top_labels[0] for x in a], np.int64)),
+    "label": OutputSpec(
+        "INT64", lambda r: np.array([a.top_labels[0] for a in r.answers], np.int64)
+    ),
     "class_name": OutputSpec(
-        "BYTES",
-        lambda a, classes: np.array([classes[x.top_labels[0]].encode() for x in a], np.object_),
+        "BYTES", lambda r: _strings([r.classes[a.top_labels[0]] for a in r.answers])
     ),
     "probabilities": OutputSpec(
-        "FP32", lambda a, _: torch.stack([x.probabilities for x in a]).numpy()
+        "FP32", lambda r: torch.stack([a.probabilities for a in r.answers]).numpy()
     ),
-    "bit_widths": OutputSpec("INT64", lambda a, _: np.array([x.widths for x in a], np.int64)),
-    "bitops": OutputSpec("FP64", lambda a, _: np.array([x.bitops for x in a], np.float64)),
+    "bit_widths": OutputSpec("INT64", lambda r: np.array([a.widths for a in r.answers], np.int64)),
+    "bitops": OutputSpec("FP64", lambda r: np.array([a.bitops for a in r.answers], np.float64)),
+    "id": OutputSpec("BYTES", lambda r: _strings(r.ids)),
 }
 
 
@@ -316,13 +331,13 @@ def _binary_flag(parameters: Parameters | None, default: bool) -> bool:
 
 
 def encode_outputs(
-    answers: Sequence[Answer], classes: Sequence[str], outputs: list[tuple[str, bool]]
+    answered: Answered, outputs: list[tuple[str, bool]]
 ) -> tuple[list[dict[str, Any]], bytes]:
     """The response's ``outputs`` and the binary part that follows its JSON (may be empty)."""
     entries, parts = [], []
     for name, binary in outputs:
         spec = OUTPUTS[name]
-        array = spec.build(answers, classes)
+        array = spec.build(answered)
         entry: dict[str, Any] = {
             "name": name,
             "datatype": spec.datatype,

@@ -93,6 +93,7 @@ def test_metadata_and_readiness(make_app: Callable[..., FastAPI]) -> None:
         "probabilities",
         "bit_widths",
         "bitops",
+        "id",
     }
     assert r[f"/v2/models/{MODEL}/ready"].json() == {"name": MODEL, "ready": True}
     for path in ("/v2/models/other", "/v2/models/other/ready"):
@@ -580,3 +581,24 @@ def test_kserve_shaped_request(make_app: Callable[..., FastAPI]) -> None:
         "label",
         "class_name",
     ]
+
+
+def test_each_image_id_takes_feedback(make_app: Callable[..., FastAPI]) -> None:
+    """The id output: one id per image for POST /feedback, signed when the request id was
+    generated, the client's X-Request-ID with -<index> otherwise."""
+
+    async def send(c: httpx.AsyncClient) -> tuple[dict, dict, list[httpx.Response]]:
+        body = {"inputs": [image_input([png(1), png(2)])], "outputs": [{"name": "id"}]}
+        generated = (await c.post(INFER, json=body)).json()
+        mine = (await c.post(INFER, json=body, headers={"X-Request-ID": "r"})).json()
+        scored = [
+            await c.post("/feedback", json={"id": i, "label": 0})
+            for answer in (generated, mine)
+            for i in outputs(answer)["id"].tolist()
+        ]
+        return generated, mine, scored
+
+    generated, mine, scored = call(make_app, send)
+    assert outputs(mine)["id"].tolist() == ["r-0", "r-1"]
+    assert all(i.count(".") == 3 for i in outputs(generated)["id"].tolist())  # signed
+    assert [r.status_code for r in scored] == [200] * 4, [r.text for r in scored]
