@@ -14,10 +14,11 @@
 //   6. the BatchNorm of each sample's (input width, own width) pair and both quantizer steps
 //      are one per-channel scale and shift: out = dot * scale[row][oc] + shift[row][oc].
 //
-// The same source builds two libraries: with -mavx512f -mavx512bw -mavx512dq
-// -mavx512vpopcntdq the kernel uses AVX-512 (VPOPCNTQ over 8 output channels at once,
-// VPTESTMB for packing 64 levels per instruction); without, portable scalar code with
-// __builtin_popcountll. Python picks the build the CPU supports (abn/bitserial/cpu.py).
+// The same source builds two libraries: with AVX-512 F/BW/DQ and VPOPCNTDQ the kernel is
+// vectorized (one VPOPCNTQ covers one row word of 8 output positions, VPTESTMB packs 64
+// levels per instruction, gathers quantize 16 channels at once); without, portable scalar
+// code with __builtin_popcountll, for tests and CPUs without AVX-512 (abn/bitserial/cpu.py
+// picks; the service serves only the vectorized one).
 // A plain C ABI: no Python or torch headers, so it builds with g++ alone in seconds.
 
 #include <cmath>
