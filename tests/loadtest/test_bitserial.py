@@ -91,6 +91,26 @@ def test_the_page_judges_the_ratio_target(tmp_path, ratio, verdict) -> None:
     assert json.loads((tmp_path / "bitserial" / "bench.json").read_text())["command"]
 
 
+@pytest.mark.parametrize(("cheap_p50", "verdict"), [(10.0, "| met |"), (15.0, "**MISSED**")])
+def test_the_page_judges_the_served_p50_ratio(tmp_path, cheap_p50, verdict) -> None:
+    results = synthetic(0.2)
+    results["served"] = [
+        {
+            "backend": "bitserial",
+            "load": load,
+            "round": 1,
+            "connections": 64,
+            "throughput_rps": 100.0,
+            "latency_ms": {"p50": p50, "p99": 2 * p50},
+            "errors": {},
+        }
+        for load, p50 in (("cheapest", cheap_p50), ("dearest", 20.0))
+    ]
+    page = write_page(tmp_path, results).read_text()
+    line = next(x for x in page.splitlines() if x.startswith("| served p50"))
+    assert verdict in line and "(" in line
+
+
 def test_a_cli_mistake_is_one_line_and_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--adaptive-budgets", "1"])
