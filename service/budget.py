@@ -131,8 +131,7 @@ def check_pinned_fits(
     if cost > budget:
         where = f"the {names[0]}" if budget_given else "the server's default budget"
         raise PinnedOverBudgetError(
-            f"the {names[1]} configuration costs {cost:.6g} BitOps, above {where} of "
-            f"{budget:.6g}",
+            f"the {names[1]} configuration costs {cost:.6g} BitOps, above {where} of {budget:.6g}",
             table.min_bitops,
             table.max_bitops,
         )
