@@ -5,7 +5,8 @@ per-image budget, batched with whatever else is queued). A request is answered w
 admitted whole (when the queue has no room for all its images, none stays queued: 429), and
 when one image fails (deadline, shutdown, the model), the others are cancelled, so the batcher
 drops them before they reach the model, and the request gets that error. The metrics count
-each answered image, as they count a one-image request.
+each answered image, as they count a one-image request, and each answer gets an id that
+``POST /feedback`` can score (:func:`feedback_ids`).
 """
 
 from __future__ import annotations
