@@ -83,8 +83,16 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="serving processes on the one port, each with its own model copy and "
-        "batcher; unset: one per CPU core this process may use on CPU (measured best on the "
-        "2-core machine, docs/operations.md), 1 on CUDA. Set it to the CPU limit in a container",
+        "batcher (or, with ABN_MODEL_PROCESS=shared, front ends of one model process); unset: "
+        "one per CPU core this process may use on CPU (measured best on the 2-core machine, "
+        "docs/operations.md), 1 on CUDA unless shared. Set it to the CPU limit in a container",
+    )
+    model_process: Literal["per-worker", "shared"] = Field(
+        "per-worker",
+        description="per-worker: every worker loads its own model copy and batcher (right on "
+        "CPU); shared: one more process owns the only copy and its batcher, and the workers "
+        "are front ends (HTTP, decoding, validation) handing it each job over a Unix socket "
+        "(one copy on a GPU; docs/operations.md, Scale)",
     )
     feedback_key: SecretStr | None = Field(
         None,
@@ -147,10 +155,10 @@ class Settings(BaseSettings):
         True, description="one INFO line per request (service.access); false drops them"
     )
     deprecated_metrics: bool = Field(
-        True,
+        False,
         description="also export the metric names deprecated in this release "
-        "(abn_layer_bits_total); false drops them, and /metrics then passes promtool check "
-        "metrics",
+        "(abn_layer_bits_total), for dashboards not yet moved to the new names; off by default "
+        "so /metrics passes promtool check metrics",
     )
 
     @field_validator("default_budget", mode="before")

@@ -3,10 +3,10 @@ its log lines as JSON (``ABN_LOG_FORMAT=json``).
 
 One server (the tiny test model, a free port, started and stopped by PID) takes a few requests
 of every kind, so that every metric family has samples, then is scraped and stopped. With the
-deprecated names dropped (``ABN_DEPRECATED_METRICS=false``) promtool must exit 0 and say
-nothing; with the defaults its one complaint is the deprecated ``abn_layer_bits_total``, kept
-one release for users' own queries (docs/api.md). Both also with two workers, whose /metrics
-is prometheus_client's multiprocess exposition (service/multiprocess_metrics.py).
+defaults promtool must exit 0 and say nothing; with the deprecated names brought back
+(``ABN_DEPRECATED_METRICS=true``, one release, for users' own queries: docs/api.md) its one
+complaint is ``abn_layer_bits_total``. Both also with two workers, whose /metrics is
+prometheus_client's multiprocess exposition (service/multiprocess_metrics.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ pytestmark = pytest.mark.timeout(300)  # may build the shared tiny model first
 def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The server's /metrics after traffic, its log, and the responses it gave."""
     log = tmp_path_factory.mktemp("server-output") / "server.log"
-    server = ServerProcess(
-        tiny_model_dir, log, deprecated_metrics="false", log_format="json", log_level="info"
-    )
+    server = ServerProcess(tiny_model_dir, log, log_format="json", log_level="info")
     try:
         server.wait_ready()
         png_headers = {"Content-Type": "image/png"}
@@ -78,13 +76,15 @@ def test_promtool_accepts_a_real_servers_metrics(promtool: str, served: dict) ->
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_with_the_defaults_promtool_flags_only_the_deprecated_name(
+def test_with_the_deprecated_names_promtool_flags_only_them(
     promtool: str, tiny_model_dir: Path, tmp_path: Path, workers: int
 ) -> None:
     """promtool's whole verdict on a served /metrics after a classification and its feedback,
-    with ABN_DEPRECATED_METRICS at its default: the deprecated name (exit status 3, lint
-    problems only) and nothing else."""
-    server = ServerProcess(tiny_model_dir, tmp_path / "server.log", workers=workers)
+    with ABN_DEPRECATED_METRICS=true: the deprecated name (exit status 3, lint problems only)
+    and nothing else."""
+    server = ServerProcess(
+        tiny_model_dir, tmp_path / "server.log", workers=workers, deprecated_metrics="true"
+    )
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30.0) as c:
