@@ -1,10 +1,12 @@
 """Running the app under uvicorn: ``abn serve``.
 
 ``ABN_WORKERS`` serving processes (default: one per core on CPU, one on CUDA), each owning a
-model copy and its batching engine. With one, this process serves; with more, it checks the
-settings and the model and replaces itself with :mod:`service.supervisor`, which binds the port
-and starts the workers (:mod:`service.worker`), each running :func:`serve_one` on the shared
-socket. Everything below holds per worker.
+model copy and its batching engine (``ABN_MODEL_PROCESS=per-worker``), or each a front end of
+one model process that owns the only copy (``shared``). With one process that owns its model,
+this process serves; otherwise it checks the settings and the model and replaces itself with
+:mod:`service.supervisor`, which binds the port and starts the workers (:mod:`service.worker`),
+each running :func:`serve_one` on the shared socket, and the model process
+(:mod:`service.model_owner`) when shared. Everything below holds per worker.
 
 SIGTERM / SIGINT: readiness goes 503 and new requests are refused with 503 at once (from the
 signal handler, before uvicorn starts its own shutdown); after ``ABN_SHUTDOWN_DELAY_SECONDS``
@@ -126,9 +128,12 @@ def check_open_file_limit(connections: int) -> None:
 def worker_count(settings: Settings) -> int:
     """``ABN_WORKERS``, or its default: one per usable core on CPU (affinity and container
     CPU limit, :func:`usable_cores`), one on CUDA (one model copy per GPU front end would
-    multiply its memory; see :mod:`service.supervisor`)."""
+    multiply its memory; see :mod:`service.supervisor`) unless one model process serves them
+    all (``ABN_MODEL_PROCESS=shared``: front ends hold no model, one per core again)."""
     if settings.workers is not None:
         return settings.workers
+    if settings.model_process == "shared":
+        return usable_cores()
     if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
         return 1
     return usable_cores()
@@ -143,20 +148,21 @@ def serve(settings: Settings) -> int:
         print(f"abn serve: cannot serve {settings.model_dir}: {err}", file=sys.stderr)
         return 2
     count = worker_count(settings)
-    if count > 1:
+    if count > 1 or settings.model_process == "shared":
         exec_supervisor(settings, count)
     return serve_one(settings)
 
 
 def exec_supervisor(settings: Settings, count: int) -> None:
-    """Become the supervisor of ``count`` workers (this process's torch and imports go); the
-    settings as resolved here (command-line options included) reach the workers through the
-    environment."""
+    """Become the supervisor of ``count`` workers, and of the model process when shared (this
+    process's torch and imports go); the settings as resolved here (command-line options
+    included) reach them through the environment."""
     env = dict(os.environ)
     env.update(ABN_MODEL_DIR=str(settings.model_dir), ABN_HOST=settings.host)
     env["ABN_PORT"] = str(settings.port)
     argv = [sys.executable, "-m", "service.supervisor", "--host", settings.host]
     argv += ["--port", str(settings.port), "--workers", str(count)]
+    argv += ["--model-process", settings.model_process]
     argv += ["--log-format", settings.log_format, "--log-level", settings.log_level]
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from typing import Literal
@@ -23,8 +24,11 @@ from service.feedback import RecentPredictions
 from service.metrics import ServiceMetrics
 from service.model import ModelLoadError, ServedModel
 from service.multiprocess_metrics import multiprocess_dir
+from service.owner_client import OwnerEngine, connect_owner
+from service.owner_facts import OwnerModel
 from service.settings import Settings
 from service.signed_ids import SignedIds
+from service.supervisor import OWNER_SOCKET_VARIABLE
 from service.worker_readiness import WorkerReadiness
 
 log = logging.getLogger("service")
@@ -66,55 +70,29 @@ class ServiceState:
             settings.feedback_capacity, settings.feedback_ttl_seconds
         )
         self.phase: Phase = "loading"
-        self.model: ServedModel | None = None
-        self.engine: BatchingEngine | None = None
+        self.model: ServedModel | OwnerModel | None = None
+        self.engine: BatchingEngine | OwnerEngine | None = None
         self.default_budget: float = float("inf")
         self.model_ref: dict[str, str] = {}  # the response's "model", built once at load
         self.load_error: str | None = None
         self.workers = WorkerReadiness.from_environment()  # the server's other processes
+        # set by service/supervisor.py when one model process serves every front end
+        self.owner_socket = os.environ.get(OWNER_SOCKET_VARIABLE) or None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def load(self) -> None:
-        """Load, warm up, start the engine, become ready; on failure say why and stay 503."""
+        """Load and warm up the model (or, as a front end of a model process, connect to it),
+        start the engine, become ready; on failure say why and stay 503."""
         s = self.settings
         try:
             if s.torch_threads is not None:
                 torch.set_num_threads(s.torch_threads)
-            model = await asyncio.to_thread(self.loader, s)
-            if self.phase == "draining":
+            opened = await (self._connect_owner() if self.owner_socket else self._load_here())
+            if opened is None or self.phase == "draining":
                 return
-            self.phase = "warming"
-            await asyncio.to_thread(model.warm_up, s.max_batch_size)
-            if s.default_budget is not None and s.default_budget < model.min_bitops:
-                raise ModelLoadError(
-                    f"ABN_DEFAULT_BUDGET={s.default_budget:.6g} is below the cheapest "
-                    f"configuration of this model ({model.min_bitops:.6g} BitOps); feasible "
-                    f"budgets are {model.min_bitops:.6g} to {model.max_bitops:.6g}"
-                )
-            self.default_budget = (
-                s.default_budget if s.default_budget is not None else model.max_bitops
-            )
-            self.metrics.bind_model(
-                name=model.name,
-                version=model.version,
-                device=str(model.device),
-                layer_names=model.layer_names,
-                bit_candidates=model.bit_candidates,
-                min_bitops=model.min_bitops,
-                max_bitops=model.max_bitops,
-            )
-            engine = BatchingEngine(
-                model,
-                max_batch_size=s.max_batch_size,
-                max_queue_delay_seconds=s.max_queue_delay_seconds,
-                max_queue_size=s.max_queue_size,
-                metrics=self.metrics,
-            )
+            model, engine = opened
+            self._bind(model)
             self.model = model
-            self.model_ref = {"name": model.name, "version": model.version}
-            self.predictions.signed = SignedIds(
-                feedback_key(s), f"{model.name}\0{model.version}", s.feedback_ttl_seconds
-            )
             if self.phase == "draining":
                 return
             engine.start()
@@ -134,6 +112,61 @@ class ServiceState:
             log.error("the model could not be loaded: %s", self.load_error)
             if self.on_fatal is not None:
                 self.on_fatal(self.load_error)
+
+    async def _load_here(self) -> tuple[ServedModel, BatchingEngine] | None:
+        """This process's own model and batcher; None when a signal came while loading."""
+        s = self.settings
+        model = await asyncio.to_thread(self.loader, s)
+        if self.phase == "draining":
+            return None
+        self.phase = "warming"
+        await asyncio.to_thread(model.warm_up, s.max_batch_size)
+        engine = BatchingEngine(
+            model,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_seconds=s.max_queue_delay_seconds,
+            max_queue_size=s.max_queue_size,
+            metrics=self.metrics,
+        )
+        return model, engine
+
+    async def _connect_owner(self) -> tuple[OwnerModel, OwnerEngine]:
+        """The model process's facts and the link to it (``ABN_MODEL_PROCESS=shared``): it
+        accepts the connection once its model is ready, so this waits as long as it loads."""
+        assert self.owner_socket is not None
+        return await connect_owner(self.owner_socket, self._lost_owner)
+
+    def _lost_owner(self, reason: str) -> None:
+        """The model process went away while serving: not ready, and the process stops."""
+        self.phase = "failed"
+        self.load_error = reason
+        log.error("%s", reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def _bind(self, model: ServedModel | OwnerModel) -> None:
+        """What the routes and metrics need of the model, fixed once at load."""
+        s = self.settings
+        if s.default_budget is not None and s.default_budget < model.min_bitops:
+            raise ModelLoadError(
+                f"ABN_DEFAULT_BUDGET={s.default_budget:.6g} is below the cheapest "
+                f"configuration of this model ({model.min_bitops:.6g} BitOps); feasible "
+                f"budgets are {model.min_bitops:.6g} to {model.max_bitops:.6g}"
+            )
+        self.default_budget = s.default_budget if s.default_budget is not None else model.max_bitops
+        self.metrics.bind_model(
+            name=model.name,
+            version=model.version,
+            device=str(model.device),
+            layer_names=model.layer_names,
+            bit_candidates=model.bit_candidates,
+            min_bitops=model.min_bitops,
+            max_bitops=model.max_bitops,
+        )
+        self.model_ref = {"name": model.name, "version": model.version}
+        self.predictions.signed = SignedIds(
+            feedback_key(s), f"{model.name}\0{model.version}", s.feedback_ttl_seconds
+        )
 
     def begin_draining(self) -> None:
         """Readiness 503 and new requests refused, at once; queued ones still finish.
@@ -184,7 +217,7 @@ class ServiceState:
             )
         return NotReady(f"the model is {self.phase}; retry shortly", headers={"Retry-After": "1"})
 
-    def serving(self) -> tuple[ServedModel, BatchingEngine]:
+    def serving(self) -> tuple[ServedModel | OwnerModel, BatchingEngine | OwnerEngine]:
         """The model and engine, or 503 while loading, warming, draining or failed."""
         if not self.ready or self.model is None or self.engine is None:
             raise self.not_ready_error()
@@ -192,7 +225,7 @@ class ServiceState:
             raise ShuttingDown("the server is shutting down; retry on another instance")
         return self.model, self.engine
 
-    def loaded_model(self) -> ServedModel:
+    def loaded_model(self) -> ServedModel | OwnerModel:
         """The model once loaded (also while draining), else 503."""
         if self.model is None:
             raise self.not_ready_error()

@@ -1,24 +1,30 @@
-"""``ABN_WORKERS`` > 1: several serving processes on one port, and the small process that keeps
-them.
+"""``ABN_WORKERS`` > 1, or ``ABN_MODEL_PROCESS=shared``: several serving processes on one port,
+and the small process that keeps them.
 
 Why processes: one process serves on one core at most (the event loop and the model thread
 share the GIL), so on the 2-core machine a second worker, with its own model copy and batcher,
-is what uses the second core (issue 19). The tiny model makes a copy per worker cheap; on a GPU,
-where one copy must serve every front end, keep ``ABN_WORKERS=1``.
+is what uses the second core (issue 19). The tiny model makes a copy per worker cheap
+(``ABN_MODEL_PROCESS=per-worker``, the default). On a GPU, where one copy must serve every
+front end, ``ABN_MODEL_PROCESS=shared`` starts one more process, the model owner
+(:mod:`service.model_owner`), which loads the model and runs the one batching engine; the
+workers are then front ends (HTTP, decoding, validation) that hand each job to it over a Unix
+socket in this start's directory (:mod:`service.owner_client`).
 
 How: ``abn serve`` checks the settings and the model, then *replaces itself* (``exec``) with this
 module, so the process that keeps the workers holds no torch and no model (a few MiB, where the
 CLI's imports would have kept ~200). It binds the port once; every worker inherits that one
 listening socket (the kernel hands each new connection to whichever worker accepts it first,
 so an idle worker takes it). It makes a fresh directory for this start, holding the
-``PROMETHEUS_MULTIPROC_DIR`` and the readiness markers (:mod:`service.worker_readiness`), and a
-feedback key when ``ABN_FEEDBACK_KEY`` is unset, and gives them to every worker.
+``PROMETHEUS_MULTIPROC_DIR``, the readiness markers (:mod:`service.worker_readiness`) and the
+model owner's socket, and a feedback key when ``ABN_FEEDBACK_KEY`` is unset, and gives them to
+every worker.
 
 Signals: SIGTERM or SIGINT is passed to every worker, each of which drains as a single server
-does (readiness 503, in-flight requests finished, exit 0); then the metrics directory is
-removed and this process exits 0. A worker that exits while no signal was given (its model
-failed to load, it crashed) stops the others, and this process exits with that worker's status
-(1 when it died by a signal), so the orchestrator restarts the whole server.
+does (readiness 503, in-flight requests finished, exit 0); once all have exited, the model
+owner gets SIGTERM, drains its engine and exits; then the directory is removed and this process
+exits 0. A worker or the model owner that exits while no signal was given (its model failed to
+load, it crashed) stops the others, and this process exits with that process's status (1 when
+it died by a signal), so the orchestrator restarts the whole server.
 
 Only the standard library, :mod:`service.logs` and :mod:`service.worker_readiness` are
 imported here, on purpose.
@@ -50,6 +56,10 @@ log = logging.getLogger("service")
 BACKLOG = 2048  # pending connections the shared listening socket holds
 POLL_SECONDS = 0.2  # how often the workers are checked while running
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # "<quota> <period>" or "max <period>"
+MODEL_PROCESSES = ("per-worker", "shared")  # ABN_MODEL_PROCESS
+OWNER_SOCKET_VARIABLE = "ABNSERVE_OWNER_SOCKET"  # set for the front ends of a model owner
+OWNER_SOCKET = "model.sock"  # the model owner's socket, in this start's directory
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path (sun_path) on Linux
 
 
 def usable_cores() -> int:
@@ -95,17 +105,41 @@ def worker_environment(count: int, run_dir: Path) -> dict[str, str]:
     return env
 
 
-class Supervisor:
-    """Starts ``count`` workers on ``sock`` and keeps them until a signal or a failure."""
+def owner_environment(env: dict[str, str], socket_path: Path) -> dict[str, str]:
+    """The workers' environment, made that of the front ends of a model owner on
+    ``socket_path``; and the owner's own: every core for its torch threads unless set."""
+    env[OWNER_SOCKET_VARIABLE] = str(socket_path)
+    owner = dict(env)
+    if not os.environ.get("ABN_TORCH_THREADS"):
+        owner["ABN_TORCH_THREADS"] = str(usable_cores())
+    return owner
 
-    def __init__(self, sock: socket.socket, count: int, env: dict[str, str]) -> None:
+
+class Supervisor:
+    """Starts ``count`` workers on ``sock`` (and the model owner, given its environment) and
+    keeps them until a signal or a failure."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        count: int,
+        env: dict[str, str],
+        owner_env: dict[str, str] | None = None,
+    ) -> None:
         self.sock = sock
         self.count = count
         self.env = env
+        self.owner_env = owner_env
+        self.owner: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.stopping = False
 
     def start(self) -> None:
+        if self.owner_env is not None:
+            path = self.owner_env[OWNER_SOCKET_VARIABLE]
+            command = [sys.executable, "-m", "service.model_owner", "--socket", path]
+            self.owner = subprocess.Popen(command, env=self.owner_env)
+            log.info("started the model process: pid %d", self.owner.pid)
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "service.worker", "--fd", str(fd)]
         for _ in range(self.count):
@@ -125,26 +159,47 @@ class Supervisor:
         self.signal_workers(sig)
 
     def run(self) -> int:
-        """Until every worker has exited; 0 after a signal and clean exits."""
+        """Until every worker, then the model owner, has exited; 0 after a signal and clean
+        exits."""
         self.start()
         failed: int | None = None
         while any(w.poll() is None for w in self.workers):
             if failed is None and not self.stopping:
-                dead = [w for w in self.workers if w.returncode is not None]
-                if dead:
-                    code = dead[0].returncode
-                    failed = code if code > 0 else 1
-                    log.error(
-                        "worker %d exited with status %d while serving; stopping the others",
-                        dead[0].pid,
-                        code,
-                    )
-                    self.signal_workers(signal.SIGTERM)
+                failed = self.failure()
             time.sleep(POLL_SECONDS)
+        owner_code = self.stop_owner()
         if failed is not None:
             return failed
         codes = [w.returncode for w in self.workers]
+        codes += [] if owner_code is None else [owner_code]
         return 0 if all(c == 0 for c in codes) else next(c if c > 0 else 1 for c in codes if c)
+
+    def failure(self) -> int | None:
+        """The status of the first process found exited while serving (the others are then
+        stopped), or None while all run."""
+        processes = [*([self.owner] if self.owner is not None else []), *self.workers]
+        dead = [p for p in processes if p.poll() is not None]
+        if not dead:
+            return None
+        code = dead[0].returncode
+        what = "the model process" if dead[0] is self.owner else "worker"
+        log.error("%s %d exited with status %d; stopping the server", what, dead[0].pid, code)
+        self.signal_workers(signal.SIGTERM)
+        return code if code > 0 else 1
+
+    def stop_owner(self) -> int | None:
+        """Once every front end is gone: the model owner drains and exits (its status)."""
+        if self.owner is None:
+            return None
+        if self.owner.poll() is None:
+            self.owner.send_signal(signal.SIGTERM)
+        return self.owner.wait()
+
+    def kill_all(self) -> None:
+        """Whatever still runs (nothing, normally)."""
+        self.signal_workers(signal.SIGKILL)
+        if self.owner is not None and self.owner.poll() is None:
+            self.owner.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--model-process", choices=MODEL_PROCESSES, default="per-worker")
     parser.add_argument("--log-format", default="text")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -163,13 +219,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run_dir = Path(tempfile.mkdtemp(prefix="abn-serve-"))  # this start's; removed at exit
     env = worker_environment(args.workers, run_dir)
-    supervisor = Supervisor(sock, args.workers, env)
+    owner_env = None
+    if args.model_process == "shared":
+        socket_path = run_dir / OWNER_SOCKET
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            print(
+                f"abn serve: the model process's socket path {socket_path} is longer than "
+                f"{MAX_SOCKET_PATH} bytes; set TMPDIR to a shorter directory",
+                file=sys.stderr,
+            )
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return 2
+        owner_env = owner_environment(env, socket_path)
+    supervisor = Supervisor(sock, args.workers, env, owner_env)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, supervisor.on_signal)
     try:
         return supervisor.run()
     finally:
-        supervisor.signal_workers(signal.SIGKILL)  # only those still running: none, normally
+        supervisor.kill_all()
         sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 

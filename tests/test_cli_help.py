@@ -15,6 +15,7 @@ from commands.abn import build_parser
 from commands.abn import main as abn_main
 from loadtest.bench import main as bench_main
 from loadtest.cli import main as loadtest_main
+from loadtest.handoff import main as handoff_main
 from loadtest.offline import main as offline_main
 from loadtest.soak import main as soak_main
 
@@ -26,6 +27,7 @@ ENTRY_POINTS: list[tuple[str, Callable[..., object], list[str]]] = [
     ("abn evaluate", abn_main, ["evaluate"]),
     ("python -m loadtest", loadtest_main, []),
     ("python -m loadtest.bench", bench_main, []),
+    ("python -m loadtest.handoff", handoff_main, []),
     ("python -m loadtest.offline", offline_main, []),
     ("python -m loadtest.soak", soak_main, []),
 ]
