@@ -23,8 +23,10 @@ class BitSerialConv:
         self.lib = load_kernel(kernel)
         self.name = layer.name
         self.bn: TransitionalBatchNorm2d = layer.bn
+        self.in_channels = int(layer.weight.shape[1])
         self.out_channels = int(layer.weight.shape[0])
         self.kernel_size = int(layer.weight.shape[2])
+        self.stride, self.padding = layer.stride, layer.padding
         self.widths: dict[int, PackedWidth] = {
             b: pack_width(layer, b) for b in layer.bit_candidates
         }
@@ -46,6 +48,7 @@ class BitSerialConv:
             pairs = torch.full((n,), row, dtype=torch.int64)
         else:  # one row per sample
             pairs = torch.as_tensor(row, dtype=torch.int64).contiguous()
+        self._check(x, pairs, stride, padding)
         x = x.contiguous()
         oh = (h + 2 * padding - self.kernel_size) // stride + 1
         ow = (w + 2 * padding - self.kernel_size) // stride + 1
@@ -56,3 +59,23 @@ class BitSerialConv:
         if status != 0:
             raise RuntimeError(f"{self.name}: the bit-serial kernel refused the call ({status})")
         return out
+
+    def _check(self, x: torch.Tensor, pairs: torch.Tensor, stride: int, padding: int) -> None:
+        """What the kernel reads through raw pointers must be what it was packed for: a wrong
+        shape here would be an out-of-bounds read there, not an exception."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+            raise ValueError(
+                f"{self.name}: the bit-serial kernel takes a float32 NCHW tensor on the CPU, "
+                f"not {x.dtype} {tuple(x.shape)} on {x.device}"
+            )
+        if x.shape[1] != self.in_channels or pairs.numel() != x.shape[0]:
+            raise ValueError(
+                f"{self.name}: expected {self.in_channels} channels and one feeder width per "
+                f"sample, got {x.shape[1]} channels and {pairs.numel()} widths for "
+                f"{x.shape[0]} samples"
+            )
+        if (stride, padding) != (self.stride, self.padding):
+            raise ValueError(
+                f"{self.name}: packed for stride {self.stride}, padding "
+                f"{self.padding}; called with {stride}, {padding}"
+            )

@@ -85,3 +85,18 @@ def test_both_kernels_agree_exactly_where_both_run() -> None:
         fast = BitSerialConv(layer, "avx512").run(x, b, 3, 2, 1)
         portable = BitSerialConv(layer, "scalar").run(x, b, 3, 2, 1)
         torch.testing.assert_close(fast, portable, rtol=2 * EPS, atol=0.0)
+
+
+@pytest.mark.parametrize("kernel", kernels())
+def test_what_the_kernel_cannot_read_safely_is_refused_before_it(kernel) -> None:
+    layer = random_layer(16, 8, 3, 1, (2,), input_widths=(2, 4))
+    form = BitSerialConv(layer, kernel)
+    x = torch.rand(2, 16, 6, 6)
+    with pytest.raises(ValueError, match="float32 NCHW"):
+        form.run(x.double(), 2, 2, 1, 1)
+    with pytest.raises(ValueError, match="expected 16 channels"):
+        form.run(x[:, :8], 2, 2, 1, 1)
+    with pytest.raises(ValueError, match="one feeder width per sample"):
+        form.run(x, 2, (2, 4, 2), 1, 1)
+    with pytest.raises(ValueError, match="packed for stride 1"):
+        form.run(x, 2, 2, 2, 1)
