@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
@@ -53,26 +54,12 @@ def create_app(
 
     state = ServiceState(settings, loader or load_from_settings, on_fatal)
     configure_pillow(settings.max_image_pixels)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(state.load(), name="abn-load")
-        try:
-            yield
-        finally:
-            state.begin_draining()
-            if not loading.done():
-                loading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loading
-            await state.shutdown()
-
     app = FastAPIOffline(
         title="abn-serve",
         version=API_VERSION,
         summary="Budget-aware adaptive-precision image classification",
         description="Classify an image under a per-request BitOps budget; see docs/api.md.",
-        lifespan=lifespan,
+        lifespan=_lifespan(state),
         static_url=DOCS_ASSETS_PATH,
         # No ReDoc: its bundle still loads a logo from a CDN. /docs is the one page.
         redoc_url=None,
@@ -97,6 +84,26 @@ def create_app(
         access_log=settings.access_log,
     )
     return app
+
+
+def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Load in the background while the server already answers (health 200, readiness 503);
+    on shutdown drain, first stopping a load still under way."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(state.load(), name="abn-load")
+        try:
+            yield
+        finally:
+            state.begin_draining()
+            if not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await state.shutdown()
+
+    return lifespan
 
 
 def _document(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -97,7 +97,23 @@ class _Job:
     request_id: str = ""
 
 
-class BatchingEngine:
+class Admission:
+    """The door of an engine, this one or a front end's to the model process
+    (:class:`service.owner_client.OwnerEngine`): open once started, shut by
+    :meth:`stop_accepting` (drain, shutdown) and never reopened."""
+
+    _accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """New submissions get 503 from now on; safe to call from a signal handler."""
+        self._accepting = False
+
+
+class BatchingEngine(Admission):
     """Batches concurrent requests for one :class:`ServedModel`."""
 
     def __init__(
@@ -127,14 +143,6 @@ class BatchingEngine:
     def start(self) -> None:
         self._accepting = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="abn-batcher")
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
-
-    def stop_accepting(self) -> None:
-        """New submissions get 503 from now on; safe to call from a signal handler."""
-        self._accepting = False
 
     @property
     def queued(self) -> int:

@@ -46,7 +46,35 @@ class BatchOutput:
     reran: torch.Tensor | None = None  # (N,) bool: which images the last decision re-ran
 
 
-class ServedModel:
+class CostFacts:
+    """What the routes and metrics read of a model's cost table, for whatever holds one as
+    ``table``: the served model, and a front end's view of the model process's
+    (:class:`service.owner_facts.OwnerModel`)."""
+
+    table: CostTable
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.table.layer_names)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.table.layer_macs)
+
+    @property
+    def bit_candidates(self) -> list[int]:
+        return list(self.table.bit_candidates)
+
+    @property
+    def min_bitops(self) -> float:
+        return self.table.min_bitops
+
+    @property
+    def max_bitops(self) -> float:
+        return self.table.max_bitops
+
+
+class ServedModel(CostFacts):
     """A model directory loaded for inference on one device."""
 
     def __init__(
@@ -123,25 +151,6 @@ class ServedModel:
         return cls(directory, net, policy, table, target, backend)
 
     # -- facts ------------------------------------------------------------------------------
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self.table.layer_names)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.table.layer_macs)
-
-    @property
-    def bit_candidates(self) -> list[int]:
-        return list(self.table.bit_candidates)
-
-    @property
-    def min_bitops(self) -> float:
-        return self.table.min_bitops
-
-    @property
-    def max_bitops(self) -> float:
-        return self.table.max_bitops
 
     @property
     def policy_kind(self) -> str:

@@ -29,7 +29,7 @@ from typing import cast
 
 import torch
 
-from service.engine import Answer
+from service.engine import Admission, Answer
 from service.errors import ShuttingDown
 from service.owner_facts import OwnerModel
 from service.owner_wire import (
@@ -51,7 +51,7 @@ CONNECT_RETRY_SECONDS = 0.05  # while the owner loads its model, its socket is n
 GONE = "the model process is gone; retry on another instance"
 
 
-class OwnerEngine(asyncio.Protocol):
+class OwnerEngine(Admission, asyncio.Protocol):
     """One front end's link to the model owner, used as its batching engine."""
 
     def __init__(self, on_lost: Callable[[str], None]) -> None:
@@ -110,14 +110,6 @@ class OwnerEngine(asyncio.Protocol):
     # -- the engine's interface -------------------------------------------------------------
     def start(self) -> None:
         self._accepting = self._transport is not None and not self._transport.is_closing()
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
-
-    def stop_accepting(self) -> None:
-        """New submissions get 503 from now on; safe to call from a signal handler."""
-        self._accepting = False
 
     @property
     def queued(self) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from abn.bitops import CostTable
 from abn.preprocess import InputSpec
 from service.accuracy import AccuracyTables
-from service.model import ServedModel
+from service.model import CostFacts, ServedModel
 
 
 def model_facts(model: ServedModel) -> bytes:
@@ -41,7 +41,7 @@ def model_facts(model: ServedModel) -> bytes:
     ).encode()
 
 
-class OwnerModel:
+class OwnerModel(CostFacts):
     """The model another process serves, as the front end sees it: facts, no weights."""
 
     def __init__(self, facts: bytes) -> None:
@@ -62,26 +62,6 @@ class OwnerModel:
         self.classes: list[str] = list(self._card["classes"])
         self.input_spec = InputSpec.from_dict(self._card["input"])
         self.device: str = self._card["device"]  # the owner's
-
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self.table.layer_names)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.table.layer_macs)
-
-    @property
-    def bit_candidates(self) -> list[int]:
-        return list(self.table.bit_candidates)
-
-    @property
-    def min_bitops(self) -> float:
-        return self.table.min_bitops
-
-    @property
-    def max_bitops(self) -> float:
-        return self.table.max_bitops
 
     def card(self) -> dict[str, Any]:
         """``GET /v1/model``: the owner's card, as it sent it."""

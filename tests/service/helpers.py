@@ -133,6 +133,19 @@ async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.Async
             yield client
 
 
+@contextlib.contextmanager
+def serving_for_module(app: FastAPI) -> Iterator[tuple[asyncio.Runner, httpx.AsyncClient]]:
+    """:func:`serving` for a module-scoped fixture: the app's lifespan and its client in one
+    event loop (a Runner) that the module's tests run their requests in."""
+    with asyncio.Runner() as runner:
+        context = serving(app)
+        client = runner.run(context.__aenter__())
+        try:
+            yield runner, client
+        finally:
+            runner.run(context.__aexit__(None, None, None))
+
+
 # -- real processes -------------------------------------------------------------------------
 MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize holds the model
 

@@ -23,7 +23,7 @@ from service.app import create_app
 from service.model import ServedModel
 from service.settings import Settings
 
-from .helpers import png, serving
+from .helpers import png, serving, serving_for_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,14 +64,11 @@ def guarded(
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as conftest's one_torch_thread, which is per test, not module
-    with asyncio.Runner() as runner:
-        context = serving(app)
-        client = runner.run(context.__aenter__())
-        try:
-            yield runner, client
-        finally:
-            runner.run(context.__aexit__(None, None, None))
-            torch.set_num_threads(threads)
+    try:
+        with serving_for_module(app) as served:
+            yield served
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("name", "sent", "allowed"), CASES, ids=[c[0] for c in CASES])

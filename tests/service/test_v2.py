@@ -24,11 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from abn.data import FASHION_MNIST_CLASSES
 from service.app import create_app
 from service.model import ServedModel
 from service.settings import Settings
 
-from .helpers import Scrape, fmnist_like, png, serving
+from .helpers import Scrape, fmnist_like, png, serving, serving_for_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -216,18 +217,7 @@ def test_binary_outputs(make_app: Callable[..., FastAPI]) -> None:
     labels = np.frombuffer(binary[sizes[0] + sizes[1] :], "<i8")
     assert len(binary) == sum(sizes) + 16 and labels.shape == (2,)
     (first,) = struct.unpack_from("<I", names_raw)
-    assert names_raw[4 : 4 + first].decode() in {
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    }
+    assert names_raw[4 : 4 + first].decode() in FASHION_MNIST_CLASSES
     assert np.all(np.frombuffer(bitops_raw, "<f8") > 0)
 
 
@@ -525,13 +515,8 @@ def v2_client(
     """One app for every generated request, its lifespan in one event loop (a Runner)."""
     settings = Settings(model_dir=tiny_model_dir, device="cpu", max_images_per_request=4)
     app = create_app(settings, model=served_model)
-    with asyncio.Runner() as runner:
-        context = serving(app)
-        client = runner.run(context.__aenter__())
-        try:
-            yield runner, client
-        finally:
-            runner.run(context.__aexit__(None, None, None))
+    with serving_for_module(app) as served:
+        yield served
 
 
 @given(request=_requests, binary=st.binary(max_size=64), header_length=st.booleans())
