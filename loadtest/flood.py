@@ -11,7 +11,9 @@ on the ratio of the medians over rounds. Writes ``flood.json`` and ``flood.md``:
     python -m loadtest.flood --model model_store/fmnist-abn --rounds 3 --out reports/flood
 
 The slow clients run on the same machine as the server (loopback only), so they take CPU
-from it too: the page records how much, beside the ratio.
+from it too; ``--attacker-nice 19`` gives them only what the server leaves, the nearest a
+single machine gets to an attacker on another host. The page records the server's CPU in each
+condition beside the ratio.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from loadtest.wrk import WrkError, WrkResult, run_wrk, write_request_set
 TARGET_P99_RATIO = 2.0  # issue 14: flooded p99 at most twice the idle p99
 
 
-def _slow_clients(port: int, connections: int, seconds: float) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "loadtest.slow_clients", "--port", str(port)]
+def _slow_clients(port: int, connections: int, seconds: float, nice: int) -> subprocess.Popen[str]:
+    cmd = ["nice", "-n", str(nice)] if nice else []
+    cmd += [sys.executable, "-m", "loadtest.slow_clients", "--port", str(port)]
     cmd += ["--connections", str(connections), "--seconds", f"{seconds:g}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -57,7 +60,9 @@ def one_round(server: ManagedServer, listing: Path, args: argparse.Namespace) ->
     before = snapshot(server.pid, time.monotonic())
     idle = run_wrk(server.url + "/classify", listing, args.wrk_connections, args.seconds)
     idle_cores = usage_between(before, snapshot(server.pid, time.monotonic())).cores
-    attack = _slow_clients(server.port, args.connections, args.ramp + args.seconds + 2.0)
+    attack = _slow_clients(
+        server.port, args.connections, args.ramp + args.seconds + 2.0, args.attacker_nice
+    )
     try:
         time.sleep(args.ramp)
         before = snapshot(server.pid, time.monotonic())
@@ -103,7 +108,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {_machine(report['machine'])}. wrk with {cfg['wrk_connections']} "
         f"connections for {cfg['seconds']:g} s per condition; {cfg['connections']} slow "
-        "connections.",
+        f"connections at nice {cfg['attacker_nice']}.",
         "",
         "| round | idle p50 / p99 ms | idle req/s | server cores | slow connections open "
         "(mean, min) | flooded p50 / p99 ms | req/s | server cores |",
@@ -139,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="wrk run per condition")
     p.add_argument("--connections", type=int, default=2000, help="slow connections")
     p.add_argument("--wrk-connections", type=int, default=2, help="the normal client's")
+    p.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        help="run the slow clients at this nice level (19: they get only the CPU the server "
+        "leaves, as if on another host; 0: they compete with the server as equals)",
+    )
     p.add_argument(
         "--ramp",
         type=float,

@@ -32,6 +32,7 @@ def test_a_tiny_flood_measures_both_conditions(
         [
             *("--model", str(tiny_model_dir), "--data-dir", str(tiny_fmnist_dir)),
             *("--rounds", "1", "--seconds", "1", "--connections", "30", "--ramp", "1"),
+            *("--attacker-nice", "5"),
             *("--out", str(tmp_path)),
         ]
     )
