@@ -193,7 +193,7 @@ class BatchingEngine(Admission):
         """Queue one image; raise 503/429 at once instead of waiting for room. ``request_id``
         is only for the log, should the model fail on it."""
         if not self._accepting:
-            raise ShuttingDown("the server is shutting down; retry on another instance")
+            raise ShuttingDown()
         if self.queued >= self.max_queue_size:
             raise QueueFull(
                 f"the queue is full ({self.max_queue_size} requests waiting); retry later",

@@ -99,9 +99,18 @@ class NotReady(ServiceError):
     error_type = "not_ready"
 
 
+SHUTTING_DOWN = "the server is shutting down; retry on another instance"
+
+
 class ShuttingDown(ServiceError):
+    """503 while draining. The message defaults to the one every refusal at the door gives
+    (engine, front end, state), so a client sees the same words whichever refused it."""
+
     status_code = 503
     error_type = "shutting_down"
+
+    def __init__(self, message: str = SHUTTING_DOWN) -> None:
+        super().__init__(message)
 
 
 class DeadlineExceeded(ServiceError):

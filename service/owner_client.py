@@ -130,7 +130,7 @@ class OwnerEngine(Admission, asyncio.Protocol):
     ) -> asyncio.Future[Answer]:
         """Send one image to the owner; its answer or refusal settles the future."""
         if not self._accepting or self._transport is None:
-            raise ShuttingDown("the server is shutting down; retry on another instance")
+            raise ShuttingDown()
         job_id = next(self._ids)
         pins = None if pinned is None else list(pinned)
         left = deadline - time.monotonic()

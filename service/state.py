@@ -206,7 +206,7 @@ class ServiceState:
 
     def not_ready_error(self) -> NotReady | ShuttingDown:
         if self.phase == "draining":
-            return ShuttingDown("the server is shutting down; retry on another instance")
+            return ShuttingDown()
         if self.phase == "failed":
             return NotReady(f"the model failed to load: {self.load_error}")
         if self.phase == "ready":  # this worker is, others are not yet
@@ -222,7 +222,7 @@ class ServiceState:
         if not self.ready or self.model is None or self.engine is None:
             raise self.not_ready_error()
         if not self.engine.accepting:
-            raise ShuttingDown("the server is shutting down; retry on another instance")
+            raise ShuttingDown()
         return self.model, self.engine
 
     def loaded_model(self) -> ServedModel | OwnerModel:
