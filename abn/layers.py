@@ -171,6 +171,14 @@ def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
     return torch.clamp(x / step, 0, high).round_().mul_(step)
 
 
+def _conv_weight(in_channels: int, out_channels: int, kernel_size: int) -> nn.Parameter:
+    """A square conv kernel, Kaiming-initialised (fan-out) for the ReLU that follows every
+    conv here: one initialisation rule for the stem and the switchable layers alike."""
+    weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+    return weight
+
+
 class SwitchableConvBN(nn.Module):
     """Conv2d + transitional BN whose weights and input activations are quantized to ``bits``.
 
@@ -200,8 +208,7 @@ class SwitchableConvBN(nn.Module):
         self.input_widths = tuple(sorted(input_widths or self.bit_candidates))
         self.stride = stride
         self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.weight = _conv_weight(in_channels, out_channels, kernel_size)
         self.weight_quantizer = SwitchableWeightQuantizer(self.weight, self.bit_candidates)
         self.act_quantizer = SwitchableActivationQuantizer(
             self.bit_candidates, switchable=switchable_clipping
@@ -328,8 +335,7 @@ class FixedConvBN(nn.Module):
         self.bits = bits
         self.stride = stride
         self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.weight = _conv_weight(in_channels, out_channels, kernel_size)
         self.weight_quantizer = MaxAbsWeightQuantizer(bits)
         self.bn = nn.BatchNorm2d(out_channels)
         self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
