@@ -89,6 +89,14 @@ class LoadConfig:
         if self.mode == "closed" and not (self.concurrency and self.concurrency >= 1):
             raise ValueError("closed loop needs a concurrency of at least 1")
 
+    def past_bounds(self, n: int, elapsed: float) -> bool:
+        """Whether request ``n`` (counted from 0), due ``elapsed`` seconds into the run, is one
+        too many: the one stopping rule of both loops, so a duration and a request count bound
+        an open and a closed run alike."""
+        if self.requests is not None and n >= self.requests:
+            return True
+        return self.duration is not None and elapsed >= self.duration
+
     @property
     def label(self) -> str:
         if self.mode == "open":
@@ -382,9 +390,7 @@ async def _open_loop(
         keep(await _send(client, workload, index, scheduled, t0))
 
     for n in itertools.count():
-        if config.requests is not None and n >= config.requests:
-            break
-        if config.duration is not None and offset >= config.duration:
+        if config.past_bounds(n, offset):
             break
         delay = t0 + offset - time.perf_counter()
         if delay > 0:
@@ -419,10 +425,8 @@ async def _closed_loop(
         nonlocal last_send
         while True:
             now = time.perf_counter()
-            if config.duration is not None and now - t0 >= config.duration:
-                return
             n = next(counter)
-            if config.requests is not None and n >= config.requests:
+            if config.past_bounds(n, now - t0):
                 return
             last_send = max(last_send, now)
             keep(await _send(client, workload, first + n, now, t0))
