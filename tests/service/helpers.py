@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import struct
+import subprocess
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -182,6 +183,21 @@ class ServerProcess(ManagedServer):
                 [str(MODEL_GATE_SITE), *filter(None, [env.get("PYTHONPATH")])]
             )
         return env
+
+
+def serve_until_exit(
+    model_dir: Path, timeout: float, **settings: object
+) -> subprocess.CompletedProcess[str]:
+    """``abn serve`` with only these settings (set as :class:`ManagedServer` sets them), run to
+    its exit, its stderr captured: for a server that must refuse to start and say why."""
+    server = ManagedServer(model_dir, Path(os.devnull), **settings)
+    return subprocess.run(
+        server.command(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=server.environment(),
+    )
 
 
 @contextlib.contextmanager

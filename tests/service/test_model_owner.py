@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,13 +24,12 @@ import torch
 from PIL import Image
 
 from abn.preprocess import pil_to_uint8
-from loadtest.server import abn_command, free_port
 from service.model import ServedModel
 from service.server import worker_count
 from service.settings import Settings
 from service.supervisor import usable_cores
 
-from .helpers import Scrape, ServerProcess, png
+from .helpers import Scrape, ServerProcess, png, serve_until_exit
 from .test_workers import fresh, metrics_dir, per_pid, wait_all_ready
 
 pytestmark = pytest.mark.timeout(480)  # model loads on a shared 2-core box
@@ -253,16 +251,7 @@ def test_a_model_process_that_cannot_load_stops_the_server(
     manifest = json.loads((broken / "manifest.json").read_text())
     manifest["classes"] = manifest["classes"][:-1]
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-    env.update(ABN_WORKERS="2", ABN_MODEL_PROCESS="shared", ABN_LOG_LEVEL="warning")
-    env["ABN_PORT"] = str(free_port())
-    result = subprocess.run(
-        [*abn_command(), "serve", "--model", str(broken), "--host", "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    result = serve_until_exit(broken, 180, workers=2, model_process="shared")
     assert result.returncode == 1, result.stderr
     assert "the model could not be served" in result.stderr, result.stderr
     assert "9 classes but the network has 10 outputs" in result.stderr, result.stderr

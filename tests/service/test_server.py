@@ -24,7 +24,15 @@ import torch
 
 from loadtest.server import abn_command, free_port
 
-from .helpers import Scrape, ServerProcess, encode, png, png_header_only, running_servers
+from .helpers import (
+    Scrape,
+    ServerProcess,
+    encode,
+    png,
+    png_header_only,
+    running_servers,
+    serve_until_exit,
+)
 
 pytestmark = pytest.mark.timeout(180)  # a hang fails fast, not after 10 minutes
 
@@ -494,15 +502,6 @@ def test_a_model_that_fails_while_loading_stops_the_server(
     """One process, or a supervisor whose worker cannot load its model: exit 1, one line."""
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA to make the load fail")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABN_")}
-    env.update(ABN_DEVICE="cuda", ABN_LOG_LEVEL="warning", ABN_WORKERS=workers)
-    env["ABN_PORT"] = str(free_port())
-    result = subprocess.run(
-        [*abn_command(), "serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    result = serve_until_exit(tiny_model_dir, 120, device="cuda", workers=workers)
     assert result.returncode == 1, result.stderr
     assert "no CUDA device" in result.stderr and "Traceback" not in result.stderr
