@@ -30,7 +30,7 @@ from service.settings import Settings
 from service.supervisor import usable_cores
 
 from .helpers import Scrape, ServerProcess, png, serve_until_exit
-from .test_workers import fresh, metrics_dir, per_pid, wait_all_ready
+from .test_workers import fresh, launch_two_workers, metrics_dir, per_pid, wait_all_ready
 
 pytestmark = pytest.mark.timeout(480)  # model loads on a shared 2-core box
 
@@ -46,16 +46,8 @@ def start(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Start]:
     servers: list[ServerProcess] = []
 
     def launch(**settings: object) -> tuple[ServerProcess, Path]:
-        tmp = tmp_path / "tmp"
-        tmp.mkdir()
-        server = ServerProcess(
-            tiny_model_dir,
-            tmp_path / "shared.log",
-            model_gate=tmp_path / "model-gate",
-            workers=2,
-            model_process="shared",
-            extra_env={"TMPDIR": str(tmp)},
-            **settings,
+        server, tmp = launch_two_workers(
+            tiny_model_dir, tmp_path, "shared.log", model_process="shared", **settings
         )
         servers.append(server)
         wait_all_ready(server)

@@ -65,18 +65,29 @@ def per_pid(directory: Path, name: str, kind: str = "counter", **labels: str) ->
     return out
 
 
-@pytest.fixture
-def two_workers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+def launch_two_workers(
+    model_dir: Path, tmp_path: Path, log_name: str, **settings: object
+) -> tuple[ServerProcess, Path]:
+    """Launch (not wait for) a server of two workers with the model gate under ``tmp_path``
+    and a TMPDIR of its own, where its run and metrics directories are made so that a test
+    can read them; returns it and that TMPDIR."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     server = ServerProcess(
-        tiny_model_dir,
-        tmp_path / "workers.log",
+        model_dir,
+        tmp_path / log_name,
         model_gate=tmp_path / "model-gate",
         workers=2,
-        feedback_key=KEY,
-        extra_env={"TMPDIR": str(tmp)},  # where the metrics directory is made
-        shutdown_timeout_seconds=30,
+        extra_env={"TMPDIR": str(tmp)},
+        **settings,
+    )
+    return server, tmp
+
+
+@pytest.fixture
+def two_workers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    server, tmp = launch_two_workers(
+        tiny_model_dir, tmp_path, "workers.log", feedback_key=KEY, shutdown_timeout_seconds=30
     )
     try:
         wait_all_ready(server)
