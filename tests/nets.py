@@ -19,7 +19,11 @@ import torch
 from torch import nn
 
 from abn.calibrate import calibrate_batch_norm
-from abn.supernet import Supernet
+from abn.supernet import DEFAULT_BIT_CANDIDATES, Supernet
+
+# How an UnknownBitWidthError names the default candidates: what the layer and supernet tests
+# expect a refused width's message to list.
+ALLOWED_WIDTHS = ", ".join(map(str, DEFAULT_BIT_CANDIDATES))
 
 
 def random_batches(net: Supernet, batch_size: int = 8, seed: int = 0) -> Iterator[torch.Tensor]:

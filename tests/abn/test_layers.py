@@ -16,10 +16,9 @@ from abn.layers import (
 )
 from abn.supernet import DEFAULT_BIT_CANDIDATES, build_supernet
 from abn.train.supernet import SupernetTrainConfig, make_optimizer
-from tests.nets import feeder_widths, give_bn_statistics
+from tests.nets import ALLOWED_WIDTHS, feeder_widths, give_bn_statistics
 
 BITS = DEFAULT_BIT_CANDIDATES
-ALLOWED = ", ".join(map(str, BITS))
 PAIRS = [(i, b) for i in BITS for b in BITS]
 
 
@@ -184,7 +183,7 @@ def test_unknown_width_is_refused_naming_the_allowed_widths(bad: object) -> None
     with pytest.raises(UnknownBitWidthError) as info:
         layer(torch.zeros(1, 8, 4, 4), bad, 4)
     message = str(info.value)
-    assert ALLOWED in message
+    assert ALLOWED_WIDTHS in message
     assert "test.conv" in message
     assert isinstance(info.value, ValueError)
 

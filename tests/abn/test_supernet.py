@@ -16,10 +16,9 @@ from abn.supernet import (
     architecture,
     build_supernet,
 )
-from tests.nets import give_bn_statistics
+from tests.nets import ALLOWED_WIDTHS, give_bn_statistics
 
 BITS = DEFAULT_BIT_CANDIDATES
-ALLOWED = ", ".join(map(str, BITS))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +223,7 @@ def test_unknown_width_raises_naming_allowed_widths(net: Supernet, config: objec
     with pytest.raises(UnknownBitWidthError) as info:
         net(torch.zeros(2, 1, 28, 28), config)
     message = str(info.value)
-    assert ALLOWED in message
+    assert ALLOWED_WIDTHS in message
     assert "stage" in message  # names the layer
     assert isinstance(info.value, ValueError)
 
@@ -233,7 +232,7 @@ def test_unknown_width_raises_naming_allowed_widths(net: Supernet, config: objec
 def test_layerwise_advance_refuses_unknown_widths(net: Supernet, bad: object) -> None:
     run = net.start(torch.zeros(2, 1, 28, 28))
     run.advance(4)
-    with pytest.raises(UnknownBitWidthError, match=ALLOWED):
+    with pytest.raises(UnknownBitWidthError, match=ALLOWED_WIDTHS):
         run.advance(bad)
     assert run.layer_index == 1  # nothing ran: the caller can retry with a valid width
 
