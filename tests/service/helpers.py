@@ -10,8 +10,9 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -149,6 +150,18 @@ def serving_for_module(app: FastAPI) -> Iterator[tuple[asyncio.Runner, httpx.Asy
 
 # -- real processes -------------------------------------------------------------------------
 MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize holds the model
+T = TypeVar("T")
+
+
+def run_with_model_held(gate: Path, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(body())`` while a server started with ``model_gate=gate`` holds every
+    batch (``body`` may open the gate itself); the gate is open again afterwards whatever
+    happened, so a failing test never leaves its server stuck for the next one."""
+    gate.touch()
+    try:
+        return asyncio.run(body())
+    finally:
+        gate.unlink(missing_ok=True)
 
 
 class ServerProcess(ManagedServer):

@@ -29,7 +29,7 @@ from service.server import worker_count
 from service.settings import Settings
 from service.supervisor import usable_cores
 
-from .helpers import Scrape, ServerProcess, png, serve_until_exit
+from .helpers import Scrape, ServerProcess, png, run_with_model_held, serve_until_exit
 from .test_workers import fresh, launch_two_workers, metrics_dir, per_pid, wait_all_ready
 
 pytestmark = pytest.mark.timeout(480)  # model loads on a shared 2-core box
@@ -139,11 +139,7 @@ def test_a_full_queue_is_429_and_a_request_past_its_deadline_504_never_run(
             refused = await c.post("/classify", content=IMAGES[3], headers=PNG)
             return list(await asyncio.gather(*held)), refused
 
-    gate.touch()
-    try:
-        held, refused = asyncio.run(body())
-    finally:
-        gate.unlink(missing_ok=True)
+    held, refused = run_with_model_held(gate, body)
     assert refused.status_code == 429, refused.text
     assert refused.json()["error_type"] == "queue_full"
     assert int(refused.headers["Retry-After"]) >= 1
@@ -198,11 +194,7 @@ def test_sigterm_drains_the_front_ends_then_the_model_process(start: Start) -> N
             answered = await asyncio.gather(*sent)
             return [r.status_code for r in answered], late.status_code
 
-    gate.touch()
-    try:
-        codes, late = asyncio.run(body())
-    finally:
-        gate.unlink(missing_ok=True)
+    codes, late = run_with_model_held(gate, body)
     rc = server.proc.wait(timeout=60)
     assert codes == [200] * n, server.log()
     assert late == 503

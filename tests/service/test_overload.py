@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .helpers import Scrape, ServerProcess, png, running_servers
+from .helpers import Scrape, ServerProcess, png, run_with_model_held, running_servers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,11 +144,7 @@ def test_a_request_past_its_deadline_never_reaches_the_model(servers: dict) -> N
                 await asyncio.sleep(0.02)
             return list(await asyncio.gather(first, one(1)))
 
-    gate.touch()
-    try:
-        answers = asyncio.run(held_pair())
-    finally:
-        gate.unlink()
+    answers = run_with_model_held(gate, held_pair)
     for r, waited in answers:
         assert r.status_code == 504, r.text
         assert r.json()["error_type"] == "deadline_exceeded"

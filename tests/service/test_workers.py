@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from .helpers import Scrape, ServerProcess, png
+from .helpers import Scrape, ServerProcess, png, run_with_model_held
 
 pytestmark = pytest.mark.timeout(480)  # two model loads on a shared 2-core box
 
@@ -177,11 +177,7 @@ def test_sigterm_drains_every_worker(two_workers: tuple[ServerProcess, Path]) ->
                 per_pid(directory, "abn_requests_total", route="/classify")
             )
 
-    gate.touch()
-    try:
-        codes, workers_with_requests = asyncio.run(body())
-    finally:
-        gate.unlink(missing_ok=True)
+    codes, workers_with_requests = run_with_model_held(gate, body)
     rc = server.proc.wait(timeout=60)
     assert codes == [200] * len(codes) and len(codes) >= wave, server.log()
     assert workers_with_requests == 2  # both had accepted part of the wave
