@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from abn.datasource import DataSource, channel_stats, folder_files, load_for_model
 from abn.store import open_model_dir
 from commands.abn import main as abn_main
 from tests.service.helpers import ServerProcess
+from tests.torch_threads import single_torch_thread
 
 COLOURS = {"blue": (30, 40, 210), "green": (30, 200, 40), "red": (210, 40, 30)}
 PER_CLASS = 10  # 8 train, 1 val, 1 test per class at the default fractions
@@ -48,10 +48,8 @@ def jpeg_of(colour: tuple[int, int, int]) -> bytes:
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

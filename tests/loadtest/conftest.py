@@ -7,18 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.service.helpers import ServerProcess
+from tests.torch_threads import single_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """The tiny model gains nothing from more threads; on a small shared box they only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi import FastAPI
 
 from service.app import create_app
 from service.model import ServedModel
 from service.settings import Settings
+from tests.torch_threads import single_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Inference in these tests runs on one intra-op thread: the tiny model gains nothing from
     more, and on a small shared CI box more threads only wait on each other. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

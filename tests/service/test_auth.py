@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from fastapi import FastAPI
 
 import service.auth
 from service.app import create_app
 from service.model import ServedModel
 from service.settings import Settings
+from tests.torch_threads import single_torch_thread
 
 from .helpers import png, serving, serving_for_module
 
@@ -62,13 +62,9 @@ def guarded(
     app = create_app(
         Settings(model_dir=tiny_model_dir, device="cpu", api_key=KEY), model=served_model
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as conftest's one_torch_thread, which is per test, not module
-    try:
-        with serving_for_module(app) as served:
-            yield served
-    finally:
-        torch.set_num_threads(threads)
+    # one thread for the whole module (conftest's one_torch_thread is per test)
+    with single_torch_thread(), serving_for_module(app) as served:
+        yield served
 
 
 @pytest.mark.parametrize(("name", "sent", "allowed"), CASES, ids=[c[0] for c in CASES])

@@ -29,13 +29,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 from PIL import Image
 
 from service.app import create_app
 from service.model import ServedModel
 from service.settings import Settings
+from tests.torch_threads import single_torch_thread
 
 from .helpers import Scrape, ServerProcess, fmnist_like, png, png_header_only, serving
 
@@ -526,16 +526,14 @@ def asgi_client(
         Settings(model_dir=tiny_model_dir, device="cpu", **SETTINGS),  # type: ignore[arg-type]
         model=served_model,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as conftest's one_torch_thread, which is per test, not module
-    with asyncio.Runner() as runner:
+    # one thread for the whole module (conftest's one_torch_thread is per test)
+    with single_torch_thread(), asyncio.Runner() as runner:
         context = serving(app)
         client = runner.run(context.__aenter__())
         try:
             yield runner, client, app
         finally:
             runner.run(context.__aexit__(None, None, None))
-            torch.set_num_threads(threads)
 
 
 async def _stream(body: Stream) -> AsyncIterator[bytes]:
