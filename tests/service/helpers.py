@@ -148,6 +148,25 @@ def serving_for_module(app: FastAPI) -> Iterator[tuple[asyncio.Runner, httpx.Asy
             runner.run(context.__aexit__(None, None, None))
 
 
+def asgi_post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a POST to ``path``: for tests that call the app over raw ASGI, to send
+    a body late, in part or never, which an HTTP client will not do."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 # -- real processes -------------------------------------------------------------------------
 MODEL_GATE_SITE = Path(__file__).parent / "model_gate"  # its sitecustomize holds the model
 T = TypeVar("T")

@@ -25,7 +25,7 @@ from service.app import create_app
 from service.model import BatchOutput, ServedModel
 from service.settings import Settings
 
-from .helpers import encode, fmnist_like, png, serving
+from .helpers import asgi_post_scope, encode, fmnist_like, png, serving
 
 pytestmark = pytest.mark.timeout(180)  # the shared tiny model may be built in setup
 
@@ -185,23 +185,6 @@ def test_an_event_loop_blocked_for_200ms_delays_but_answers_every_request(
 
 
 # -- a client's faults on a JSON route, over raw ASGI ---------------------------------------
-def feedback_scope() -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/feedback",
-        "raw_path": b"/feedback",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 def test_a_json_body_late_is_408_and_one_abandoned_is_499(
     served_model: ServedModel, tiny_model_dir: Path
 ) -> None:
@@ -215,7 +198,8 @@ def test_a_json_body_late_is_408_and_one_abandoned_is_499(
         async def send(message: dict) -> None:
             sent.append(message)
 
-        await app(feedback_scope(), receive, send)  # type: ignore[operator]
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+        await app(asgi_post_scope("/feedback", headers), receive, send)  # type: ignore[operator]
         return sent
 
     async def body() -> None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from service.logs import ACCESS_FIELDS, BASE_FIELDS, make_handler
 from service.settings import Settings
 
-from .helpers import png, serving
+from .helpers import asgi_post_scope, png, serving
 
 pytestmark = pytest.mark.timeout(300)  # the first test may build the shared tiny model
 
@@ -153,24 +153,14 @@ def test_every_line_a_request_causes_carries_its_id(make_app: Callable[..., Fast
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "http",
-                "path": "/classify",
-                "raw_path": b"/classify",
-                "query_string": b"",
-                "root_path": "",
-                "headers": [
+            scope = asgi_post_scope(
+                "/classify",
+                [
                     (b"content-type", b"image/png"),
                     (b"content-length", b"100"),
                     (b"x-request-id", b"slow-upload-7"),
                 ],
-                "client": ("127.0.0.1", 5000),
-                "server": ("asgi", 80),
-            }
+            )
             await app(scope, receive, send)
 
     with captured("json") as buffer:
