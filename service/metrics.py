@@ -13,8 +13,8 @@ The output passes ``promtool check metrics``:
   doubling the series count for a timestamp Prometheus (text format 0.0.4) never uses;
 * ``abn_layer_bits_total`` is rejected by promtool (it reads ``bits`` as a unit and asks for
   bytes); it is superseded by ``abn_layer_width_selections_total`` (labels ``layer``,
-  ``width``), and exported for this release only with ``ABN_DEPRECATED_METRICS=true``
-  (deprecated, for queries not yet moved).
+  ``width``), and still exported for this release (the contract lists it), deprecated,
+  unless ``ABN_DEPRECATED_METRICS=false``.
 """
 
 from __future__ import annotations

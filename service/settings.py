@@ -155,10 +155,10 @@ class Settings(BaseSettings):
         True, description="one INFO line per request (service.access); false drops them"
     )
     deprecated_metrics: bool = Field(
-        False,
+        True,
         description="also export the metric names deprecated in this release "
-        "(abn_layer_bits_total), for dashboards not yet moved to the new names; off by default "
-        "so /metrics passes promtool check metrics",
+        "(abn_layer_bits_total, in the contract until the next release); false drops them, and "
+        "/metrics then passes promtool check metrics",
     )
 
     @field_validator("default_budget", mode="before")

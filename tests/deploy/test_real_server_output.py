@@ -3,10 +3,11 @@ its log lines as JSON (``ABN_LOG_FORMAT=json``).
 
 One server (the tiny test model, a free port, started and stopped by PID) takes a few requests
 of every kind, so that every metric family has samples, then is scraped and stopped. With the
-defaults promtool must exit 0 and say nothing; with the deprecated names brought back
-(``ABN_DEPRECATED_METRICS=true``, one release, for users' own queries: docs/api.md) its one
-complaint is ``abn_layer_bits_total``. Both also with two workers, whose /metrics is
-prometheus_client's multiprocess exposition (service/multiprocess_metrics.py).
+deprecated names dropped (``ABN_DEPRECATED_METRICS=false``) promtool must exit 0 and say
+nothing; with the defaults, which keep them one release (the contract lists
+``abn_layer_bits_total``: docs/api.md), its one complaint is that name. Both also with two
+workers, whose /metrics is prometheus_client's multiprocess exposition
+(service/multiprocess_metrics.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.timeout(300)  # may build the shared tiny model first
 def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The server's /metrics after traffic, its log, and the responses it gave."""
     log = tmp_path_factory.mktemp("server-output") / "server.log"
-    server = ServerProcess(tiny_model_dir, log, log_format="json", log_level="info")
+    server = ServerProcess(
+        tiny_model_dir, log, deprecated_metrics="false", log_format="json", log_level="info"
+    )
     try:
         server.wait_ready()
         png_headers = {"Content-Type": "image/png"}
@@ -76,15 +79,13 @@ def test_promtool_accepts_a_real_servers_metrics(promtool: str, served: dict) ->
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_with_the_deprecated_names_promtool_flags_only_them(
+def test_with_the_defaults_promtool_flags_only_the_deprecated_name(
     promtool: str, tiny_model_dir: Path, tmp_path: Path, workers: int
 ) -> None:
     """promtool's whole verdict on a served /metrics after a classification and its feedback,
-    with ABN_DEPRECATED_METRICS=true: the deprecated name (exit status 3, lint problems only)
-    and nothing else."""
-    server = ServerProcess(
-        tiny_model_dir, tmp_path / "server.log", workers=workers, deprecated_metrics="true"
-    )
+    with the defaults: the deprecated name (exit status 3, lint problems only) and nothing
+    else."""
+    server = ServerProcess(tiny_model_dir, tmp_path / "server.log", workers=workers)
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30.0) as c:

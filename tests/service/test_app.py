@@ -669,9 +669,7 @@ def test_metrics_move_by_the_right_amounts(
     budgets = rng.uniform(model.min_bitops, model.max_bitops * 1.1, 14)
 
     async def body() -> None:
-        async with serving(
-            make_app(max_queue_delay_seconds=0.05, deprecated_metrics=True)
-        ) as client:
+        async with serving(make_app(max_queue_delay_seconds=0.05)) as client:
             text = (await client.get("/metrics")).text
             assert family_names(text) >= METRIC_NAMES, METRIC_NAMES - family_names(text)
             before = Scrape(text)
@@ -699,7 +697,7 @@ def test_metrics_move_by_the_right_amounts(
             assert delta("abn_requests_total", route="/metrics", status_code="200") == 1
             assert delta("abn_request_duration_seconds_count", route="/classify") == n + 1
             assert delta("abn_layer_width_selections_total") == n * n_layers
-            assert delta("abn_layer_bits_total") == n * n_layers  # deprecated, on request
+            assert delta("abn_layer_bits_total") == n * n_layers  # deprecated, still counted
             for layer_index, layer in enumerate(model.layer_names):
                 for bits in model.bit_candidates:
                     chosen = sum(1 for o in ok if o["bit_widths"][layer_index] == bits)
