@@ -2,7 +2,7 @@
 
 Bounded twice: at most ``capacity`` ids (least recently answered evicted first) and each for
 ``ttl_seconds``, after which it is dropped, so at a steady rate the memory holds rate x TTL ids
-at most (about 0.3 KiB each) and a label for an old or unknown id is a 404, never a guess.
+at most and a label for an old or unknown id is a 404, never a guess.
 Entries are kept in the order they were remembered, and every one lives the same TTL, so the
 expired ones are always at the front: each ``remember`` drops them there, in O(1) amortized.
 
