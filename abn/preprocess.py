@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -51,16 +50,17 @@ def pil_to_uint8(image: Image.Image, spec: InputSpec) -> torch.Tensor:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
-    image = image.convert("L" if spec.channels == 1 else "RGB")
+    mode = "L" if spec.channels == 1 else "RGB"
+    if image.mode != mode:  # convert() to the image's own mode would only copy it
+        image = image.convert(mode)
     if image.width != image.height:
         side = max(image.width, image.height)
         image = ImageOps.pad(image, (side, side), color=0, centering=(0.5, 0.5))
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    # the pixels, copied once into a tensor of their own (HWC), then laid out CHW
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(spec.height, spec.width, spec.channels).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)

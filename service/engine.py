@@ -20,9 +20,16 @@ How a request travels::
   Request times (arrival, deadline, queueing) are ``time.monotonic()``, not the loop's clock:
   uvloop caches that per iteration at millisecond resolution, so a job queued and collected
   within one tick would look unexpired however short its deadline.
-* The batch runs in a single worker thread (:meth:`ServedModel.infer`, layer by layer, samples
-  grouped by width), so the event loop keeps accepting and answering while the model works,
-  and only one batch uses the model at a time.
+* Where the batch runs (``inline``): on the event loop itself, between its I/O turns, or in a
+  single model thread. Inline (the default on a CPU, ``ABN_BATCH_EXECUTION``) is the lean
+  floor's design: one thread per serving process, so no lock is handed between a loop thread
+  and a model thread a thousand times per batch, and every core runs one process (issue 19).
+  Nothing arrives while an inline batch runs; the requests that came meanwhile wait in their
+  sockets, so after waking for a first job the batcher lets the loop turn until the queue stops
+  growing (two turns without a new job, the batch full, or the first job's delay up) and runs
+  what it has. A model thread keeps the loop answering while a GPU works: there the next batch
+  collects while one runs, as described above. Either way one batch uses the model at a time
+  (:meth:`ServedModel.infer`, layer by layer, samples grouped by width).
 * Results go back through each job's future, on the event loop. A failing batch is answered
   500 (``inference_failed``) for each of its jobs, and a sample whose output is not finite
   (NaN or Inf) is answered 500 alone; either way the log names the request ids, and the
@@ -124,8 +131,10 @@ class BatchingEngine(Admission):
         max_queue_delay_seconds: float,
         max_queue_size: int,
         metrics: ServiceMetrics | None = None,
+        inline: bool = False,
     ) -> None:
         self.model = model
+        self.inline = inline  # run batches on the event loop, not in the model thread
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_seconds
         self.max_queue_size = max_queue_size
@@ -142,7 +151,8 @@ class BatchingEngine(Admission):
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self._accepting = True
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="abn-batcher")
+        batcher = self._run_inline() if self.inline else self._run()
+        self._task = asyncio.get_running_loop().create_task(batcher, name="abn-batcher")
 
     @property
     def queued(self) -> int:
@@ -243,13 +253,44 @@ class BatchingEngine(Admission):
                 self._finish(job, ShuttingDown("the server shut down first"))
             self._held = 0
 
+    async def _run_inline(self) -> None:
+        """The batcher when batches run on the loop: gather what has arrived, run it, repeat."""
+        batch: list[_Job] = []
+        try:
+            while True:
+                await self._await_first_job()
+                await self._let_arrivals_join()
+                size = min(len(self._queue), self.max_batch_size)
+                batch = [self._queue.popleft() for _ in range(size)]
+                live, batch = self._drop_expired(batch), []
+                if live:
+                    await self._execute(live)
+        finally:
+            for job in batch:
+                self._finish(job, ShuttingDown("the server shut down first"))
+
+    async def _await_first_job(self) -> None:
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _let_arrivals_join(self) -> None:
+        """Turn the loop until no new job comes in two turns (a request read in one turn is
+        queued by its route in the next), the batch is full, or the first job's delay is up.
+        An idle server answers a lone request after these two turns: microseconds."""
+        close_at = self._queue[0].enqueued + self.max_queue_delay
+        while len(self._queue) < self.max_batch_size and time.monotonic() < close_at:
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if len(self._queue) == before:
+                return
+
     async def _collect(self, in_model: asyncio.Task[None] | None) -> list[_Job]:
         """Wait for a first job; then take what is queued, at once when the model is idle, or
         when the model becomes free, the batch is full or its first job's delay is up."""
         loop = asyncio.get_running_loop()
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        await self._await_first_job()
         close_at = self._queue[0].enqueued + self.max_queue_delay
         while (
             in_model is not None and not in_model.done() and len(self._queue) < self.max_batch_size
@@ -294,13 +335,15 @@ class BatchingEngine(Admission):
         self._running = len(jobs)
         clock = time.perf_counter()
         try:
-            out = await loop.run_in_executor(
-                self._executor,
-                self._infer,
+            inputs = (
                 [job.image for job in jobs],
                 [job.budget for job in jobs],
                 [job.pinned for job in jobs],
             )
+            if self.inline:
+                out = self._infer(*inputs)
+            else:
+                out = await loop.run_in_executor(self._executor, self._infer, *inputs)
         except Exception as err:  # a failing batch must not kill the batcher
             log.exception(
                 "inference failed for a batch of %d (request ids: %s)",

@@ -140,9 +140,14 @@ def error_response(
     )
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    """How a :class:`ServiceError` is answered, on every route."""
+    return error_response(exc.status_code, exc.error_type, exc.message, exc.headers)
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status_code, exc.error_type, exc.message, exc.headers)
+    return service_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

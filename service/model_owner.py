@@ -56,7 +56,7 @@ from service.owner_wire import (
     frame,
     split_frames,
 )
-from service.settings import Settings
+from service.settings import Settings, runs_inline
 from service.state import load_from_settings
 
 log = logging.getLogger("service")
@@ -163,6 +163,7 @@ async def own_model(settings: Settings, socket_path: str) -> int:
         max_queue_delay_seconds=settings.max_queue_delay_seconds,
         max_queue_size=settings.max_queue_size,
         metrics=metrics,
+        inline=runs_inline(settings.batch_execution, model.device.type),
     )
     engine.start()
     links: set[FrontEndLink] = set()

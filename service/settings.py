@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     max_queue_delay_seconds: float = Field(
         0.005, ge=0.0, le=10.0, description="longest a request waits for a batch to fill"
     )
+    batch_execution: Literal["auto", "inline", "thread"] = Field(
+        "auto",
+        description="where a batch runs: inline, on the event loop between its I/O turns (one "
+        "thread per process, no lock handed between threads: best on a CPU, docs/operations.md); "
+        "thread, in a model thread while the loop keeps answering (what a GPU needs); auto: "
+        "inline on a CPU, thread on CUDA",
+    )
     max_queue_size: int = Field(
         256, ge=1, description="requests waiting for a batch; beyond it, 429"
     )
@@ -219,3 +226,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
         problems.append(f"{name} (did you mean {close[0]}?)" if close else name)
     return problems
+
+
+def runs_inline(setting: str, device_type: str) -> bool:
+    """Whether ``ABN_BATCH_EXECUTION`` puts the batches on the event loop, on a device of this
+    type (``torch.device.type``)."""
+    return setting == "inline" or (setting == "auto" and device_type != "cuda")

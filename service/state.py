@@ -26,7 +26,7 @@ from service.model import ModelLoadError, ServedModel
 from service.multiprocess_metrics import multiprocess_dir
 from service.owner_client import OwnerEngine, connect_owner
 from service.owner_facts import OwnerModel
-from service.settings import Settings
+from service.settings import Settings, runs_inline
 from service.signed_ids import SignedIds
 from service.supervisor import OWNER_SOCKET_VARIABLE
 from service.worker_readiness import WorkerReadiness
@@ -127,6 +127,7 @@ class ServiceState:
             max_queue_delay_seconds=s.max_queue_delay_seconds,
             max_queue_size=s.max_queue_size,
             metrics=self.metrics,
+            inline=runs_inline(s.batch_execution, model.device.type),
         )
         return model, engine
 

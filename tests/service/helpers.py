@@ -211,6 +211,8 @@ class ServerProcess(ManagedServer):
         env = {**super().environment(), **self.extra_env}
         if self.model_gate is not None:
             env["ABNTEST_MODEL_GATE"] = str(self.model_gate)
+            # a held batch must hold a model thread, not the event loop that answers
+            env.setdefault("ABN_BATCH_EXECUTION", "thread")
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(MODEL_GATE_SITE), *filter(None, [env.get("PYTHONPATH")])]
             )

@@ -101,6 +101,8 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def gated_app(served_model: ServedModel, tiny_model_dir: Path, **kw: object):
     gated = GatedModel(served_model)
+    # a held batch must hold a model thread, not the event loop that answers
+    kw = {"batch_execution": "thread", **kw}
     settings = Settings(model_dir=tiny_model_dir, device="cpu", **kw)
     return create_app(settings, model=gated), gated  # type: ignore[arg-type]
 

@@ -95,6 +95,80 @@ def test_an_idle_model_runs_a_lone_request_at_once() -> None:
     asyncio.run(body())
 
 
+class ThreadRecordingModel(FakeModel):
+    """A :class:`FakeModel` that also records which thread ran each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def infer(self, images: torch.Tensor, budgets: torch.Tensor, pinned: object) -> BatchOutput:
+        self.threads.append(threading.get_ident())
+        return super().infer(images, budgets, pinned)
+
+
+def test_inline_batches_run_on_the_event_loop_and_a_lone_request_waits_for_nothing() -> None:
+    """ABN_BATCH_EXECUTION=inline: the batch runs in the loop's own thread, and an idle engine
+    answers a lone request at once (an hour of allowed delay is never waited)."""
+
+    async def body() -> None:
+        model = ThreadRecordingModel()
+        engine = engine_for(model, max_queue_delay_seconds=3600, max_batch_size=32, inline=True)
+        engine.start()
+        for budget in (1.0, 2.0):
+            answer = await asyncio.wait_for(engine.submit(IMAGE, budget, None, far()), 60)
+            assert answer.batch_size == 1
+        assert model.batches == [[1.0], [2.0]]
+        assert model.threads == [threading.get_ident()] * 2
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_inline_requests_arriving_over_the_next_loop_turns_join_one_batch() -> None:
+    """What the loop reads while the batcher wakes (requests queued one and two turns after
+    the first) runs in the first job's batch, up to the maximum; the rest in the next."""
+
+    async def body() -> None:
+        model = FakeModel()
+        engine = engine_for(model, max_queue_delay_seconds=3600, max_batch_size=4, inline=True)
+        engine.start()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Answer]] = []
+
+        def arrive(budget: float) -> None:
+            futures.append(engine.submit(IMAGE, budget, None, far()))
+
+        arrive(1.0)
+        loop.call_soon(arrive, 2.0)  # the next turn
+        loop.call_soon(lambda: loop.call_soon(arrive, 3.0))  # the turn after
+        await until(lambda: len(futures) == 3)
+        answers = await asyncio.wait_for(asyncio.gather(*futures), 60)
+        assert model.batches == [[1.0, 2.0, 3.0]]
+        assert [a.batch_size for a in answers] == [3, 3, 3]
+        for i in range(6):
+            arrive(10.0 + i)
+        await asyncio.wait_for(asyncio.gather(*futures), 60)
+        assert [len(b) for b in model.batches] == [3, 4, 2]
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
+def test_inline_drain_finishes_what_was_accepted_and_refuses_the_rest() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        engine = engine_for(model, max_batch_size=2, inline=True)
+        engine.start()
+        futures = [engine.submit(IMAGE, float(i), None, far()) for i in range(5)]
+        await engine.drain(5)
+        assert [(await f).bitops for f in futures] == [float(i) for i in range(5)]
+        with pytest.raises(ShuttingDown):
+            engine.submit(IMAGE, 1.0, None, far())
+
+    asyncio.run(body())
+
+
 def test_what_arrives_during_a_batch_forms_the_next_one() -> None:
     """While a batch is in the model, the next collects every arrival and runs as one batch
     the moment the model is free (the queue delay, an hour here, is never waited out)."""

@@ -413,6 +413,7 @@ def test_shedding_is_all_or_none_and_the_timeout_parameter(
         max_batch_size=1,
         max_queue_size=3,
         max_queue_delay_seconds=0.0,
+        batch_execution="thread",  # the gate holds a model thread, not the event loop
     )
     app = create_app(settings, model=gated)  # type: ignore[arg-type]
 
