@@ -12,9 +12,14 @@ socket in this start's directory (:mod:`service.owner_client`).
 
 How: ``abn serve`` checks the settings and the model, then *replaces itself* (``exec``) with this
 module, so the process that keeps the workers holds no torch and no model (a few MiB, where the
-CLI's imports would have kept ~200). It binds the port once; every worker inherits that one
-listening socket (the kernel hands each new connection to whichever worker accepts it first,
-so an idle worker takes it). It makes a fresh directory for this start, holding the
+CLI's imports would have kept ~200). It binds one listening socket per worker, all on the one
+port with ``SO_REUSEPORT``, and each worker inherits its own: the kernel spreads new
+connections over the sockets by a hash of their addresses, so each worker gets its share. (One
+socket inherited by every worker, as before, let whichever worker was awake accept them:
+128 connections opened together split 117 / 11 or 36 / 92 on the 2-core machine, one core
+saturated while the other idled; ``ss -tnp`` during a wrk run, issue 19.) A plain bind of the
+port first proves it free, so a second server on a port in use still fails at once instead of
+joining the group. It makes a fresh directory for this start, holding the
 ``PROMETHEUS_MULTIPROC_DIR``, the readiness markers (:mod:`service.worker_readiness`) and the
 model owner's socket, and a feedback key when ``ABN_FEEDBACK_KEY`` is unset, and gives them to
 every worker.
@@ -53,7 +58,7 @@ from service.worker_readiness import EXPECTED_FILE, READY_DIR_VARIABLE
 
 log = logging.getLogger("service")
 
-BACKLOG = 2048  # pending connections the shared listening socket holds
+BACKLOG = 2048  # pending connections each worker's listening socket holds
 POLL_SECONDS = 0.2  # how often the workers are checked while running
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # "<quota> <period>" or "max <period>"
 MODEL_PROCESSES = ("per-worker", "shared")  # ABN_MODEL_PROCESS
@@ -75,14 +80,33 @@ def usable_cores() -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker inherits (IPv6 when ``host`` is an IPv6 address)."""
+def bind(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker, all on ``host:port`` (IPv6 when ``host`` is an IPv6
+    address); raises OSError when the port is taken, by anyone, this server's kind included."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with _socket(family, reuse_port=False) as probe:  # fails if the port is in use
+        probe.bind((host, port))
+        port = probe.getsockname()[1]  # the port the kernel chose, for port 0
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = _socket(family, reuse_port=True)
+            sockets.append(sock)
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _socket(family: socket.AddressFamily, *, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(BACKLOG)
-    sock.set_inheritable(True)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock
 
 
@@ -116,18 +140,17 @@ def owner_environment(env: dict[str, str], socket_path: Path) -> dict[str, str]:
 
 
 class Supervisor:
-    """Starts ``count`` workers on ``sock`` (and the model owner, given its environment) and
+    """Starts a worker on each of ``sockets`` (and the model owner, given its environment) and
     keeps them until a signal or a failure."""
 
     def __init__(
         self,
-        sock: socket.socket,
-        count: int,
+        sockets: list[socket.socket],
         env: dict[str, str],
         owner_env: dict[str, str] | None = None,
     ) -> None:
-        self.sock = sock
-        self.count = count
+        self.sockets = sockets
+        self.count = len(sockets)
         self.env = env
         self.owner_env = owner_env
         self.owner: subprocess.Popen[bytes] | None = None
@@ -140,12 +163,15 @@ class Supervisor:
             command = [sys.executable, "-m", "service.model_owner", "--socket", path]
             self.owner = subprocess.Popen(command, env=self.owner_env)
             log.info("started the model process: pid %d", self.owner.pid)
-        fd = self.sock.fileno()
-        command = [sys.executable, "-m", "service.worker", "--fd", str(fd)]
-        for _ in range(self.count):
+        for sock in self.sockets:
             if self.stopping:  # a signal came during start-up: start no more
                 break
+            fd = sock.fileno()
+            command = [sys.executable, "-m", "service.worker", "--fd", str(fd)]
             self.workers.append(subprocess.Popen(command, env=self.env, pass_fds=(fd,)))
+            # the worker's own now: when it stops listening (drain), the kernel stops sending
+            # it connections, rather than queueing them on a copy nobody accepts from
+            sock.close()
         log.info("started %d workers: pids %s", self.count, [w.pid for w in self.workers])
 
     def signal_workers(self, sig: int) -> None:
@@ -213,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_format, args.log_level)
     try:
-        sock = bind(args.host, args.port)
+        sockets = bind(args.host, args.port, args.workers)
     except OSError as err:
         print(f"abn serve: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 2
@@ -231,14 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
             return 2
         owner_env = owner_environment(env, socket_path)
-    supervisor = Supervisor(sock, args.workers, env, owner_env)
+    supervisor = Supervisor(sockets, env, owner_env)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, supervisor.on_signal)
     try:
         return supervisor.run()
     finally:
         supervisor.kill_all()
-        sock.close()
+        for sock in sockets:
+            sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
