@@ -5,7 +5,9 @@ no routing, dependency solving or response validation, no metrics, no thread han
 model runs on the event loop itself, over every request that arrived while the previous batch
 ran (:class:`InlineBatcher`): an idle server answers a lone request at once, a busy one
 batches what queued, and no lock is passed between a loop thread and a model thread. Several
-processes (uvicorn's ``--workers``, one socket shared) use every core, each with its model.
+processes use every core, each with its model and a listening socket of its own on the one
+port (``SO_REUSEPORT``, as ``abn serve``'s workers: with uvicorn's ``--workers`` all share one
+socket, and connections opened together go mostly to whichever worker is awake).
 
     python -m loadtest.peers.lean --model model_store/fmnist-abn --port 8000 --workers 2
 """
@@ -15,6 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,8 +34,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BATCH = 32
-WORKER_START_SECONDS = 120  # a worker loads the model before it answers uvicorn's 5 s check
-ENV_PREFIX = "ABN_LEAN_"  # how the parent hands the options to uvicorn's worker processes
+BACKLOG = 2048
 
 
 class InlineBatcher:
@@ -119,42 +124,51 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def app_from_environment() -> LeanApp:
-    """uvicorn's factory in each worker process: the options come through the environment."""
-    parser = peer_arguments(__doc__ or "")
-    args = parser.parse_args(
-        [
-            "--model",
-            os.environ[ENV_PREFIX + "MODEL"],
-            "--bits",
-            os.environ[ENV_PREFIX + "BITS"],
-            "--torch-threads",
-            os.environ[ENV_PREFIX + "TORCH_THREADS"],
-        ]
-    )
-    return LeanApp(load_or_exit(parser, args))
+def reuseport_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one port, each to be one worker's."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sockets.append(sock)
+    return sockets
+
+
+def serve_socket(app: LeanApp, sock: socket.socket) -> None:
+    """One worker: uvicorn (httptools, uvloop where installed) on its inherited socket."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def main() -> None:
     parser = peer_arguments(__doc__ or "")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--fd", type=int, help="(a worker) serve this inherited socket")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: at least 1")
+    if args.fd is not None:
+        serve_socket(LeanApp(load_or_exit(parser, args)), socket.socket(fileno=args.fd))
+        return
     checked_directory(parser, args)  # a mistake fails here, once; no model in this process
-    os.environ[ENV_PREFIX + "MODEL"] = str(args.model)
-    os.environ[ENV_PREFIX + "BITS"] = str(args.bits)
-    os.environ[ENV_PREFIX + "TORCH_THREADS"] = str(args.torch_threads)
-    uvicorn.run(
-        "loadtest.peers.lean:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-        timeout_worker_healthcheck=WORKER_START_SECONDS,
-    )
+    try:
+        sockets = reuseport_sockets(args.host, args.port, args.workers)
+    except OSError as err:
+        parser.error(f"cannot listen on {args.host}:{args.port}: {err}")
+    workers = []
+    for sock in sockets:
+        fd = sock.fileno()
+        command = [sys.executable, "-m", "loadtest.peers.lean", *sys.argv[1:], "--fd", str(fd)]
+        workers.append(subprocess.Popen(command, pass_fds=(fd,)))
+        sock.close()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _: [w.send_signal(number) for w in workers])
+    # uvicorn re-raises the signal it shut down on, so a worker stopped by one "dies" of it
+    stopped = {0, -signal.SIGTERM, -signal.SIGINT}
+    sys.exit(0 if all(w.wait() in stopped for w in workers) else 1)
 
 
 if __name__ == "__main__":

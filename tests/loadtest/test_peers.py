@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from loadtest.peers.model import PinnedModel
 from loadtest.peers.naive import create_app
 from loadtest.peers.registry import parse_peers
 from loadtest.peers.venv import missing_modules
+from loadtest.server import free_port
 from service.model import ServedModel
 
 
@@ -131,3 +136,33 @@ def test_peer_names_and_the_environment_probe() -> None:
     python = Path(sys.executable)
     assert missing_modules(python, ["json", "no_such_module_here"]) == ["no_such_module_here"]
     assert missing_modules(Path("/nonexistent/python"), ["json"]) == ["json"]
+
+
+def test_the_lean_floor_serves_one_port_from_a_process_per_worker(tiny_model_dir: Path) -> None:
+    """``--workers 2``: two processes, each with its own socket on the port, answer images;
+    SIGTERM to the group stops them all, exit 0."""
+    port = free_port()
+    command = [sys.executable, "-m", "loadtest.peers.lean", "--model", str(tiny_model_dir)]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", "2"], start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "the lean floor exited"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the lean floor did not start"
+            time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        png = {"Content-Type": "image/png"}
+        answers = [httpx.post(f"{url}/classify", content=_png(i), headers=png) for i in range(8)]
+        assert [a.status_code for a in answers] == [200] * 8
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0

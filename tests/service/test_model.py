@@ -50,3 +50,23 @@ def test_the_card_latency_table_is_measured_on_the_backend_at_warm_up(tiny_model
     ms = {row["bit_widths"][0]: row["batch_ms"] for row in latency["rows"]}
     assert set(ms) == set(model.bit_candidates)
     assert ms[min(ms)] < ms[max(ms)]  # 1 x 1 bits against 8 x 8: 64 times the BitOps
+
+
+def test_a_batch_pinned_throughout_answers_as_the_rollout_does(tiny_model_dir) -> None:
+    """Every sample pinned (uniform rows, or mixed ones) skips the rollout's bookkeeping for
+    the plain forward pass: the same probabilities, widths and BitOps, bit for bit."""
+    model = ServedModel.load(tiny_model_dir, "cpu", "float")
+    n, layers = 12, model.num_layers
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+    images = images.to(torch.uint8)
+    budgets = torch.full((n,), model.max_bitops, dtype=torch.float64)
+    choice = torch.randint(0, len(model.bit_candidates), (n, layers))
+    mixed = torch.tensor(model.bit_candidates)[choice]
+    for pinned in (torch.full((n, layers), model.bit_candidates[0]), mixed):
+        got = model.infer(images, budgets, pinned)
+        with torch.inference_mode():
+            x = model.normalizer(images)
+            rollout = model.compiled.rollout(x, budgets, pinned=pinned)
+        assert torch.equal(got.probabilities, torch.softmax(rollout.logits.float(), dim=1))
+        assert torch.equal(got.widths, rollout.widths.long())
+        assert torch.equal(got.bitops, rollout.bitops.double())

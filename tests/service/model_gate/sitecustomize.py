@@ -5,9 +5,10 @@ process whose ``PYTHONPATH`` starts here (:class:`tests.service.helpers.ServerPr
 Since a request that finds the model idle runs at once (service/engine.py), a test that needs
 requests *queued* (drain on SIGTERM, a client vanishing while queued, a deadline passing in
 the queue) holds the model instead: while the file named by ``ABNTEST_MODEL_GATE`` exists,
-every batch waits in the model thread before it runs (such a server runs its batches in a
-model thread, ``ABN_BATCH_EXECUTION=thread``, so that its event loop still answers) (at most ``HOLD_LIMIT`` seconds, so a
-test that forgets to open the gate fails instead of hanging). Absent, nothing is changed.
+every batch waits in the model thread before it runs, at most ``HOLD_LIMIT`` seconds, so a
+test that forgets to open the gate fails instead of hanging (such a server runs its batches
+in a model thread, ``ABN_BATCH_EXECUTION=thread``, so that its event loop still answers).
+Absent, nothing is changed.
 """
 
 from __future__ import annotations
