@@ -30,6 +30,8 @@ from abn.layers import (
     HostWidths,
     SwitchableConvBN,
     Widths,
+    add_fresh,
+    relu_fresh,
     run_grouped,
 )
 
@@ -190,16 +192,16 @@ class BasicBlock(nn.Module):
         """Yield before each switchable layer, receive its widths (checked, on the host);
         return the block's output and the widths it counts as produced at (conv2's)."""
         widths = yield x
-        out = F.relu(run_grouped(_checked(self.conv1), x, widths, in_widths))
+        out = relu_fresh(run_grouped(_checked(self.conv1), x, widths, in_widths))
         conv1_widths = widths
         widths = yield out
         out = run_grouped(_checked(self.conv2), out, widths, conv1_widths)
         out_widths = widths
         if self.shortcut is None:
-            return F.relu(out + x), out_widths
+            return relu_fresh(add_fresh(out, x)), out_widths
         widths = yield x
         shortcut = run_grouped(_checked(self.shortcut), x, widths, in_widths)
-        return F.relu(out + shortcut), out_widths
+        return relu_fresh(add_fresh(out, shortcut)), out_widths
 
 
 def _checked(layer: SwitchableConvBN) -> Callable[..., torch.Tensor]:
