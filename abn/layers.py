@@ -166,8 +166,8 @@ def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Ten
 
 def quantize_unsigned(x: torch.Tensor, step: float, high: int) -> torch.Tensor:
     """Inference-only activation quantizer with a precomputed step (see ``step_for``). In
-    place after the division, which makes the one new tensor: a second allocation for the
-    clamp cost the served model 15-22 % of its time (batch 32, the same numbers)."""
+    place after the division, which makes the one new tensor (a second one for the clamp was
+    a large part of the model's time: docs/profiling.md)."""
     if high == 0:  # full precision
         return x
     return (x / step).clamp_(0, high).round_().mul_(step)

@@ -4,7 +4,8 @@ server or a socket: the thread CPU time of the event-loop thread over N requests
 the engine hand-off cost the loop is measured apart from uvicorn and from the model thread.
 Thread CPU time, not wall time: on a shared machine it moves less with other load; and the
 least of several rounds (``--repeats``) moves less still. ``--concurrency 64`` sends waves of
-64 requests at once, as a loaded server sees them (batches of 32).
+64 requests at once, as a loaded server sees them (batches of 32); ``--profile 60`` adds
+cProfile's cumulative times, each layer's share of the path.
 
 To compare two checkouts, run each with its tree first on ``PYTHONPATH`` (issue 19):
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import io
 import logging
+import pstats
 import statistics
 import time
 from typing import Any
@@ -79,13 +82,14 @@ async def one(app: Any, body: bytes) -> int:
 
 
 async def measure(
-    model: str, requests: int, concurrency: int, repeats: int
+    model: str, requests: int, concurrency: int, repeats: int, profiler: cProfile.Profile | None
 ) -> tuple[list[float], float]:
     """Loop-thread CPU ms per request of each of ``repeats`` rounds of ``requests`` (in waves
     of ``concurrency`` at once), and the wall ms per request over all, after a warm-up.
 
     Batches run in a model thread (``ABN_BATCH_EXECUTION=thread``), so the loop's CPU is the
-    request path's alone; on a CPU the server runs them on the loop, which adds the model."""
+    request path's alone; on a CPU the server runs them on the loop, which adds the model.
+    ``profiler``, when given, records the rounds (and inflates their CPU)."""
     logging.disable(logging.INFO)  # the access line's I/O is not the path's cost
     app = create_app(Settings(model_dir=model, device="cpu", batch_execution="thread"))
     body = png()
@@ -96,11 +100,15 @@ async def measure(
         for _ in range(200 // concurrency + 1):
             assert set(await asyncio.gather(*[one(app, body) for _ in range(concurrency)])) == {200}
         rounds, wall = [], time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         for _ in range(repeats):
             cpu = time.thread_time()
             for _ in range(waves):
                 await asyncio.gather(*[one(app, body) for _ in range(concurrency)])
             rounds.append((time.thread_time() - cpu) / (waves * concurrency) * 1000)
+        if profiler is not None:
+            profiler.disable()
         wall = (time.perf_counter() - wall) / (repeats * waves * concurrency) * 1000
     return rounds, wall
 
@@ -111,11 +119,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="per round")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument("--repeats", type=int, default=1, help="rounds; the least is reported")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="K",
+        help="also print the K functions with the most cumulative time (cProfile): the share "
+        "of each layer of the path",
+    )
     args = parser.parse_args()
     if min(args.requests, args.concurrency, args.repeats) < 1:
         parser.error("--requests, --concurrency and --repeats must be at least 1")
     torch.set_num_threads(1)
-    rounds, wall = asyncio.run(measure(args.model, args.requests, args.concurrency, args.repeats))
+    profiler = None if args.profile is None else cProfile.Profile()
+    rounds, wall = asyncio.run(
+        measure(args.model, args.requests, args.concurrency, args.repeats, profiler)
+    )
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
     print(
         f"{min(rounds):.3f} ms event-loop CPU per request, least of {len(rounds)} rounds "
         f"(median {statistics.median(rounds):.3f}; wall {wall:.3f} ms)"

@@ -68,7 +68,7 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},
         # FastAPI's OpenTelemetry hooks, off: the service's telemetry is its Prometheus metrics
         # and access log, and with them on FastAPI asks every request whether a provider is set
-        # (3 % of the event loop's time per /classify, cProfile, issue 19)
+        # (docs/profiling.md)
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = state

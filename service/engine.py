@@ -254,20 +254,16 @@ class BatchingEngine(Admission):
             self._held = 0
 
     async def _run_inline(self) -> None:
-        """The batcher when batches run on the loop: gather what has arrived, run it, repeat."""
-        batch: list[_Job] = []
-        try:
-            while True:
-                await self._await_first_job()
-                await self._let_arrivals_join()
-                size = min(len(self._queue), self.max_batch_size)
-                batch = [self._queue.popleft() for _ in range(size)]
-                live, batch = self._drop_expired(batch), []
-                if live:
-                    await self._execute(live)
-        finally:
-            for job in batch:
-                self._finish(job, ShuttingDown("the server shut down first"))
+        """The batcher when batches run on the loop: gather what has arrived, run it, repeat.
+        Nothing is held between the queue and the model across an await (the batch runs
+        without yielding), so a stop leaves only the queue, which :meth:`drain` answers."""
+        while True:
+            await self._await_first_job()
+            await self._let_arrivals_join()
+            size = min(len(self._queue), self.max_batch_size)
+            live = self._drop_expired([self._queue.popleft() for _ in range(size)])
+            if live:
+                await self._execute(live)
 
     async def _await_first_job(self) -> None:
         while not self._queue:

@@ -218,8 +218,8 @@ class ServedModel(CostFacts):
     def _infer_pinned(self, x: torch.Tensor, pinned: torch.Tensor) -> BatchOutput:
         """Every sample pinned: no policy and no budget to track, so the plain forward pass at
         the pinned widths (one configuration for the whole batch when the rows agree, as
-        uniform requests do), which computes exactly what the rollout would, with a fraction
-        of its per-layer bookkeeping (batch of 1: 0.6 of 2.4 ms)."""
+        uniform requests do), which computes exactly what the rollout would without its
+        per-layer bookkeeping."""
         rows = pinned.tolist()
         same = all(row == rows[0] for row in rows)
         logits = self.net(x, rows[0] if same else pinned.to(self.device))

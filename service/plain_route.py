@@ -12,9 +12,10 @@ checks every answer against the document).
 :class:`HotLane` goes one step further for the parameter-free plain routes (``POST
 /classify``): inside the request middleware, it calls their endpoint directly, past Starlette's
 exception middleware, FastAPI's exit-stack middleware, the router's match of every route and
-the route's own handling, another 9 % of the event loop's time per request (cProfile, issue
-19). It answers a :class:`~service.errors.ServiceError` as the app's handler does; anything
-else propagates to the request middleware, which answers 500 (as it does for every route).
+the route's own handling (their share of the path: ``scripts/classify_path_cpu.py
+--profile``, docs/profiling.md). It answers a :class:`~service.errors.ServiceError` as the
+app's handler does; anything else propagates to the request middleware, which answers 500
+(as it does for every route).
 """
 
 from __future__ import annotations

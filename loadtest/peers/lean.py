@@ -6,8 +6,9 @@ model runs on the event loop itself, over every request that arrived while the p
 ran (:class:`InlineBatcher`): an idle server answers a lone request at once, a busy one
 batches what queued, and no lock is passed between a loop thread and a model thread. Several
 processes use every core, each with its model and a listening socket of its own on the one
-port (``SO_REUSEPORT``, as ``abn serve``'s workers: with uvicorn's ``--workers`` all share one
-socket, and connections opened together go mostly to whichever worker is awake).
+port (``SO_REUSEPORT``, bound as ``abn serve`` binds its workers': with uvicorn's
+``--workers`` all share one socket, and connections opened together go mostly to whichever
+worker is awake).
 
     python -m loadtest.peers.lean --model model_store/fmnist-abn --port 8000 --workers 2
 """
@@ -29,12 +30,12 @@ import uvicorn
 from PIL import UnidentifiedImageError
 
 from loadtest.peers.model import PinnedModel, checked_directory, load_or_exit, peer_arguments
+from service.supervisor import bind  # abn serve's: a socket per worker on one port
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BATCH = 32
-BACKLOG = 2048
 
 
 class InlineBatcher:
@@ -124,19 +125,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def reuseport_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on one port, each to be one worker's."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-        sockets.append(sock)
-    return sockets
-
-
 def serve_socket(app: LeanApp, sock: socket.socket) -> None:
     """One worker: uvicorn (httptools, uvloop where installed) on its inherited socket."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
@@ -155,7 +143,7 @@ def main() -> None:
         return
     checked_directory(parser, args)  # a mistake fails here, once; no model in this process
     try:
-        sockets = reuseport_sockets(args.host, args.port, args.workers)
+        sockets = bind(args.host, args.port, args.workers)
     except OSError as err:
         parser.error(f"cannot listen on {args.host}:{args.port}: {err}")
     workers = []
