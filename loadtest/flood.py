@@ -39,7 +39,11 @@ from loadtest.wrk import WrkError, WrkResult, run_wrk, write_request_set
 TARGET_P99_RATIO = 2.0  # issue 14: flooded p99 at most twice the idle p99
 
 
-def _slow_clients(port: int, connections: int, seconds: float, nice: int) -> subprocess.Popen[str]:
+def start_slow_clients(
+    port: int, connections: int, seconds: float, nice: int
+) -> subprocess.Popen[str]:
+    """``loadtest.slow_clients`` against ``port`` for ``seconds``, at ``nice``; its JSON tally
+    is the last line of its output."""
     cmd = ["nice", "-n", str(nice)] if nice else []
     cmd += [sys.executable, "-m", "loadtest.slow_clients", "--port", str(port)]
     cmd += ["--connections", str(connections), "--seconds", f"{seconds:g}"]
@@ -60,7 +64,7 @@ def one_round(server: ManagedServer, listing: Path, args: argparse.Namespace) ->
     before = snapshot(server.pid, time.monotonic())
     idle = run_wrk(server.url + "/classify", listing, args.wrk_connections, args.seconds)
     idle_cores = usage_between(before, snapshot(server.pid, time.monotonic())).cores
-    attack = _slow_clients(
+    attack = start_slow_clients(
         server.port, args.connections, args.ramp + args.seconds + 2.0, args.attacker_nice
     )
     try:

@@ -71,6 +71,7 @@ class ManagedServer:
     """
 
     ready_path = "/readyz"
+    cwd: Path | None = None  # where the server runs (its workers import from there first)
     signal_group = False  # SIGTERM the server alone: its own drain takes care of its children
 
     def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
@@ -106,6 +107,7 @@ class ManagedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.cwd,
             )
 
     def wait_ready(self, timeout: float = 180.0) -> list[int]:

@@ -1,5 +1,6 @@
-"""Guards below the ASGI app, in uvicorn's HTTP protocol: a deadline for request headers and a
-cap on open connections and requests in flight.
+"""Guards below the ASGI app, in uvicorn's HTTP protocol: a deadline for request headers,
+request buffering under the body's deadline, and a cap on open connections and requests in
+flight.
 
 Why a protocol subclass and not settings: uvicorn (0.54) arms no timer on a connection until it
 has answered a first request (its keep-alive timeout only runs between requests), so a client
@@ -18,22 +19,76 @@ is only marked in its scope (:data:`OVERLOADED_KEY`): the app's middleware answe
 contract's JSON 503, ``Retry-After`` and ``Connection: close``, and counts it in
 ``abn_requests_total``, without running a route.
 
-The body's own deadline (``ABN_BODY_TIMEOUT_SECONDS``) is enforced in the middleware
-(:mod:`service.middleware`), where the request id and the error shape live.
+**Request buffering** (nginx's ``proxy_request_buffering``): the app is started for a request
+when its body has arrived, not when its headers have. uvicorn starts the request's task at the
+headers, so a connection that trickles its body holds the whole ASGI call chain (some twenty
+coroutines with their frames, the request's scope and state) for as long as it trickles, and is
+woken once per segment. Under a flood of such connections that is most of the heap the cyclic
+collector walks, and its collections paused the event loop for every other request
+(docs/operations.md, Slow and vanishing clients). Held here, a slow upload costs the protocol
+object, its buffered bytes and one timer. A request is held when it declares a body of at most
+``ABN_MAX_BODY_BYTES`` or is chunked; it is released when the body is complete, when
+:data:`HIGH_WATER_LIMIT` bytes have buffered (uvicorn's flow-control limit, where reading would
+pause: a large upload then streams to the app as before), when its connection is lost (the app
+sees the disconnect, counted 499), when the server shuts down (the app answers within the
+grace), or at the body's deadline, marked :data:`BODY_LATE_KEY`, which the middleware answers
+408. A request that expects ``100 Continue`` or is over the concurrency cap
+is started at once: it must be answered before its body comes.
+
+The body's deadline is ``ABN_BODY_TIMEOUT_SECONDS`` after the headers plus up to
+:data:`DEADLINE_SPREAD` of it more, drawn per request (:func:`body_deadline`): connections
+opened together, as a flood's are, are then not cut off together and do not reconnect
+together. The protocol puts it in the scope (:data:`BODY_DEADLINE_KEY`); the middleware holds a
+released body that is still streaming to the same deadline. A streaming body (a large upload,
+or one that expects ``100 Continue``) wakes the app when the limit has buffered or the body is
+complete, not once per segment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
+import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Scope
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from service.settings import Settings
 
 OVERLOADED_KEY = "abn.overloaded"
+ARRIVAL_KEY = "abn.arrival"  # time.monotonic() when the request's headers were complete
+BODY_DEADLINE_KEY = "abn.body_deadline"  # time.monotonic() by which the body must have arrived
+BODY_LATE_KEY = "abn.body_late"  # set when a held request reached its deadline without its body
+DEADLINE_SPREAD = 0.1  # a body's deadline is 1 to 1.1 x ABN_BODY_TIMEOUT_SECONDS after arrival
 # Request line plus headers; the requests of the contract need well under 8 KiB. (nginx allows
 # 4 x 8 KiB by default, Node.js 16 KiB.)
 MAX_HEADER_BYTES = 64 * 1024
+
+
+def body_deadline(arrival: float, body_timeout: float) -> float:
+    """When a request that arrived at ``arrival`` must have its whole body: never sooner than
+    ``body_timeout``, spread so requests that arrived together are not cut off together."""
+    return arrival + body_timeout * (1.0 + DEADLINE_SPREAD * random.random())
+
+
+def declares_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a non-zero Content-Length, or chunked)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _holdable(scope: Scope, max_body_bytes: int) -> bool:
+    """A body the app would read: declared at most ``max_body_bytes``, or chunked. (One
+    declared larger is refused by the app from its headers, at once.)"""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.strip().isdigit() and int(value) <= max_body_bytes
+    return True
 
 
 def raw_error(status: str, error_type: str, message: str) -> bytes:
@@ -66,13 +121,20 @@ HEADERS_TOO_LARGE = raw_error(
 )
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline and a JSON-answered concurrency cap.
+def _default(setting: str) -> Any:
+    return Settings.model_fields[setting].default
 
-    Configure with :meth:`configured`, which returns a subclass carrying the two settings
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, request buffering under the body's
+    deadline, and a JSON-answered concurrency cap.
+
+    Configure with :meth:`configured`, which returns a subclass carrying the settings
     (uvicorn builds one protocol object per connection from the class it is given)."""
 
-    header_timeout: float = 5.0
+    header_timeout: float = _default("header_timeout_seconds")
+    body_timeout: float = _default("body_timeout_seconds")
+    max_body_bytes: int = _default("max_body_bytes")
     max_concurrency: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,16 +144,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._request_begun = False
         self._awaiting_headers = True
         self._header_bytes = 0
+        self._held: tuple[RequestResponseCycle, ASGIApp] | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def configured(
-        cls, header_timeout: float, max_concurrency: int | None
+        cls,
+        header_timeout: float,
+        body_timeout: float,
+        max_body_bytes: int,
+        max_concurrency: int | None,
     ) -> type[GuardedHttpToolsProtocol]:
-        return type(
-            cls.__name__,
-            (cls,),
-            {"header_timeout": header_timeout, "max_concurrency": max_concurrency},
-        )
+        settings = {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_body_bytes": max_body_bytes,
+            "max_concurrency": max_concurrency,
+        }
+        return type(cls.__name__, (cls,), settings)
 
     # -- the header deadline ----------------------------------------------------------------
     def _arm_header_timer(self) -> None:
@@ -132,7 +202,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # marks the cycle disconnected
+        self._release()  # the app sees the disconnect: 499, counted and logged
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -146,7 +217,65 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         self._request_begun = False
         self._awaiting_headers = False
+        arrival = time.monotonic()
+        self.scope[ARRIVAL_KEY] = arrival  # type: ignore[typeddict-unknown-key]
+        self.scope[BODY_DEADLINE_KEY] = body_deadline(arrival, self.body_timeout)  # type: ignore[typeddict-unknown-key]
         limit = self.max_concurrency
         if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
-            self.scope[OVERLOADED_KEY] = True  # type: ignore[literal-required]
+            self.scope[OVERLOADED_KEY] = True  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
+
+    # -- request buffering ------------------------------------------------------------------
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]
+        scope = cycle.scope
+        if (
+            cycle.more_body  # its body is still to come (a pipelined one may be here already)
+            and declares_body(scope)
+            and _holdable(scope, self.max_body_bytes)
+            and not cycle.waiting_for_100_continue
+            and not scope.get(OVERLOADED_KEY)
+        ):
+            self._held = (cycle, app)  # started by _release
+            delay = max(0.0, scope[BODY_DEADLINE_KEY] - time.monotonic())  # type: ignore[typeddict-item]
+            self._body_timer = self.loop.call_later(delay, self._body_late)
+            return
+        super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    def _release(self) -> None:
+        """Start the held request's app (its body is here, at the limit, late or cut off)."""
+        if self._held is None:
+            return
+        cycle, app = self._held
+        self._held = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    def _body_late(self) -> None:
+        self._body_timer = None
+        if self._held is not None:
+            self._held[0].scope[BODY_LATE_KEY] = True  # type: ignore[typeddict-unknown-key]
+            self._release()
+
+    def on_body(self, body: bytes) -> None:
+        """uvicorn's, but the app is woken only once the flow-control limit has buffered (or
+        by the body's completion, a disconnect or the deadline), not for every segment."""
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+            cycle.message_event.set()
+            self._release()  # a large upload: it streams to the app from here
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._release()
+
+    def shutdown(self) -> None:
+        """The server is stopping: a held request goes to the app as it would have without
+        buffering, to be finished or answered 503 within the shutdown grace."""
+        self._release()
+        super().shutdown()

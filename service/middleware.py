@@ -8,9 +8,10 @@ cancelled by the server at the end of the shutdown grace as a JSON 503.
 
 It also enforces what the network may do to a request:
 
-* **the body's deadline**: every ``receive()`` until the body is complete runs under
-  ``asyncio.timeout_at(arrival + ABN_BODY_TIMEOUT_SECONDS)`` (a timer, no extra task); at the
-  deadline the route's read raises :class:`BodyTimeout`, answered 408;
+* **the body's deadline** (:func:`service.connections.body_deadline`): a request the protocol
+  held until its deadline without its body is answered 408 at once; one whose body streams
+  to the app reads it under ``asyncio.timeout_at(deadline)`` (a timer, no extra task), and at
+  the deadline the route's read raises :class:`BodyTimeout`, answered 408;
 * **no connection outlives an unread body**: a response that starts before its request's body
   has fully arrived (408, 413, 415, 401, ...) carries ``Connection: close``, so uvicorn closes
   the connection instead of reading, and discarding, whatever the client still trickles;
@@ -40,7 +41,14 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.connections import OVERLOADED_KEY
+from service.connections import (
+    ARRIVAL_KEY,
+    BODY_DEADLINE_KEY,
+    BODY_LATE_KEY,
+    OVERLOADED_KEY,
+    body_deadline,
+    declares_body,
+)
 from service.errors import CLIENT_CLOSED_REQUEST, BodyTimeout, ClientGone
 from service.logs import ACCESS_KEY, MAX_LOGGED_PATH, access_line, request_id_var
 from service.metrics import ServiceMetrics
@@ -49,7 +57,6 @@ log = logging.getLogger("service")
 
 REQUEST_ID_KEY = "abn.request_id"  # the id; a route may replace a generated one (signed)
 GENERATED_ID_KEY = "abn.request_id_generated"  # True when the client sent no X-Request-ID
-ARRIVAL_KEY = "abn.arrival"  # time.monotonic() when the request arrived
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
 _REQUEST_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
@@ -138,6 +145,9 @@ class RequestContextMiddleware:
                 f"{REQUEST_ID_HEADER} must be given once, 1 to {MAX_REQUEST_ID} visible "
                 f"ASCII characters (no spaces); omit it to have one generated",
             )
+        elif exchange.scope.get(BODY_LATE_KEY):
+            late = exchange.body_timeout_error()
+            await exchange.answer_error(408, late.error_type, late.message)
         elif exchange.scope.get(OVERLOADED_KEY):
             await exchange.answer_error(
                 503,
@@ -169,7 +179,7 @@ def _identify(scope: Scope) -> bool:
     """Give the request its id (the client's valid X-Request-ID, else a fresh one), its
     arrival time (the request clock, see service.engine) and an empty access record; whether
     the client's X-Request-ID, if any, was valid."""
-    scope[ARRIVAL_KEY] = time.monotonic()
+    scope.setdefault(ARRIVAL_KEY, time.monotonic())  # the protocol's, when served by uvicorn
     given = Headers(scope=scope).getlist(REQUEST_ID_HEADER)
     valid = len(given) == 0 or (len(given) == 1 and _REQUEST_ID_RE.fullmatch(given[0]) is not None)
     scope[REQUEST_ID_KEY] = given[0] if given and valid else uuid.uuid4().hex
@@ -188,7 +198,9 @@ class _Exchange:
         self.request_id: str = scope[REQUEST_ID_KEY]
         self._receive, self._send = receive, send
         self.body_timeout = body_timeout
-        self.body_deadline = scope[ARRIVAL_KEY] + body_timeout
+        self.body_deadline: float = scope.get(BODY_DEADLINE_KEY) or body_deadline(
+            scope[ARRIVAL_KEY], body_timeout
+        )
         self.status = 500
         self.started = False
         self.body_done = False
@@ -210,16 +222,20 @@ class _Exchange:
             async with asyncio.timeout_at(self.body_deadline):
                 message = await self._receive()
         except TimeoutError:
-            self.log_info(
-                "the body did not arrive within %gs; 408, connection closed", self.body_timeout
-            )
-            raise BodyTimeout(
-                f"the request body did not fully arrive within {self.body_timeout:g}s "
-                f"(ABN_BODY_TIMEOUT_SECONDS); the connection is closed"
-            ) from None
+            raise self.body_timeout_error() from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.body_done = True
         return message
+
+    def body_timeout_error(self) -> BodyTimeout:
+        """The 408 for a body that did not arrive by its deadline, logged at INFO."""
+        self.log_info(
+            "the body did not arrive within %gs; 408, connection closed", self.body_timeout
+        )
+        return BodyTimeout(
+            f"the request body did not fully arrive within {self.body_timeout:g}s "
+            f"(ABN_BODY_TIMEOUT_SECONDS); the connection is closed"
+        )
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -229,7 +245,7 @@ class _Exchange:
             final_id = self.scope[REQUEST_ID_KEY]  # the route may have signed it
             headers.append((b"x-request-id", final_id.encode("latin-1")))
             request_id_var.set(final_id)  # the access line carries what the client sees
-            if not self.body_done and _has_body(self.scope) and not _names_connection(headers):
+            if not self.body_done and declares_body(self.scope) and not _names_connection(headers):
                 headers.append((b"connection", b"close"))
             message = {**message, "headers": headers}
         await self._send(message)
@@ -255,14 +271,6 @@ def _loggable_path(scope: Scope) -> str:
 
 def _names_connection(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(name.lower() == b"connection" for name, _ in headers)
-
-
-def _has_body(scope: Scope) -> bool:
-    """Whether the request declares a body (a non-zero Content-Length, or chunked)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
 
 
 async def _send_error(

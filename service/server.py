@@ -192,10 +192,14 @@ def serve_one(settings: Settings, sock: socket.socket | None = None) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds + 0.999),
-        # The header deadline and the concurrency cap (service/connections.py); uvicorn's own
-        # limit_concurrency stays unset because the protocol applies it, answering in JSON.
+        # The header deadline, request buffering and the concurrency cap
+        # (service/connections.py); uvicorn's own limit_concurrency stays unset because the
+        # protocol applies it, answering in JSON.
         http=GuardedHttpToolsProtocol.configured(
-            settings.header_timeout_seconds, settings.limit_concurrency
+            settings.header_timeout_seconds,
+            settings.body_timeout_seconds,
+            settings.max_body_bytes,
+            settings.limit_concurrency,
         ),
     )
     check_open_file_limit(settings.limit_concurrency)
