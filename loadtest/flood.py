@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -59,19 +60,30 @@ def _summary(result: WrkResult) -> dict[str, Any]:
     }
 
 
-def one_round(server: ManagedServer, listing: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """wrk idle, then wrk while the slow connections are open; the server's CPU in each."""
+def measured(server: ManagedServer, listing: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One wrk run: its latency and throughput, the server's cores and its run-queue wait
+    per request (time its threads were ready but had no CPU: the machine's share of the
+    latency, not the server's)."""
     before = snapshot(server.pid, time.monotonic())
-    idle = run_wrk(server.url + "/classify", listing, args.wrk_connections, args.seconds)
-    idle_cores = usage_between(before, snapshot(server.pid, time.monotonic())).cores
+    result = run_wrk(server.url + "/classify", listing, args.wrk_connections, args.seconds)
+    usage = usage_between(before, snapshot(server.pid, time.monotonic()))
+    served = max(1.0, result.throughput_rps * usage.wall_seconds)
+    return {
+        **_summary(result),
+        "server_cores": usage.cores,
+        "server_wait_ms_per_request": 1000.0 * usage.runqueue_wait_seconds / served,
+    }
+
+
+def one_round(server: ManagedServer, listing: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """wrk idle, then wrk while the slow connections are open."""
+    idle = measured(server, listing, args)
     attack = start_slow_clients(
         server.port, args.connections, args.ramp + args.seconds + 2.0, args.attacker_nice
     )
     try:
         time.sleep(args.ramp)
-        before = snapshot(server.pid, time.monotonic())
-        flooded = run_wrk(server.url + "/classify", listing, args.wrk_connections, args.seconds)
-        flooded_cores = usage_between(before, snapshot(server.pid, time.monotonic())).cores
+        flooded = measured(server, listing, args)
         out, err = attack.communicate(timeout=args.seconds + 60.0)
     finally:
         if attack.poll() is None:
@@ -79,8 +91,8 @@ def one_round(server: ManagedServer, listing: Path, args: argparse.Namespace) ->
     if attack.returncode != 0:
         raise RuntimeError(f"slow_clients failed ({attack.returncode}): {err[-2000:]}")
     return {
-        "idle": {**_summary(idle), "server_cores": idle_cores},
-        "flooded": {**_summary(flooded), "server_cores": flooded_cores},
+        "idle": idle,
+        "flooded": flooded,
         "slow_clients": json.loads(out.strip().splitlines()[-1]),
     }
 
@@ -103,6 +115,27 @@ def _machine(info: dict[str, Any]) -> str:
     return f"{info['cpu']}, {info['cores']} cores, load {info['load_average']} at the start"
 
 
+def _cells(condition: dict[str, Any]) -> str:
+    return (
+        f"{condition['p50_ms']:.2f} / {condition['p99_ms']:.2f} | "
+        f"{condition['throughput_rps']:.0f} | {condition['server_cores']:.2f} | "
+        f"{condition['server_wait_ms_per_request']:.2f}"
+    )
+
+
+def _cpus_text(cpus: list[int] | None) -> str:
+    return ",".join(map(str, cpus)) if cpus else "any"
+
+
+def _placement(cfg: dict[str, Any]) -> str:
+    if not cfg.get("server_cpus") and not cfg.get("client_cpus"):
+        return " Server and clients share every CPU."
+    return (
+        f" Server on CPUs {_cpus_text(cfg.get('server_cpus'))}, wrk and the slow clients on "
+        f"CPUs {_cpus_text(cfg.get('client_cpus'))}."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     v, cfg = report["verdict"], report["config"]
     lines = [
@@ -112,19 +145,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {_machine(report['machine'])}. wrk with {cfg['wrk_connections']} "
         f"connections for {cfg['seconds']:g} s per condition; {cfg['connections']} slow "
-        f"connections at nice {cfg['attacker_nice']}.",
+        f"connections at nice {cfg['attacker_nice']}.{_placement(cfg)}",
         "",
-        "| round | idle p50 / p99 ms | idle req/s | server cores | slow connections open "
-        "(mean, min) | flooded p50 / p99 ms | req/s | server cores |",
-        "|---|---|---|---|---|---|---|---|",
+        "| round | idle p50 / p99 ms | idle req/s | server cores | server CPU wait ms/req "
+        "| slow connections open (mean, min) | flooded p50 / p99 ms | req/s | server cores "
+        "| server CPU wait ms/req |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(report["rounds"], 1):
         idle, fl, sc = r["idle"], r["flooded"], r["slow_clients"]
         lines.append(
-            f"| {i} | {idle['p50_ms']:.2f} / {idle['p99_ms']:.2f} | "
-            f"{idle['throughput_rps']:.0f} | {idle['server_cores']:.2f} | "
-            f"{sc['open_mean']:,}, {sc['open_min']:,} | {fl['p50_ms']:.2f} / {fl['p99_ms']:.2f} | "
-            f"{fl['throughput_rps']:.0f} | {fl['server_cores']:.2f} |"
+            f"| {i} | {_cells(idle)} | {sc['open_mean']:,}, {sc['open_min']:,} | {_cells(fl)} |"
         )
     met = "met" if v["met"] else "missed"
     lines += [
@@ -162,29 +193,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between starting the slow clients and measuring (they spread their "
         "connects over min(5 s, their run / 4))",
     )
+    p.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        default=None,
+        metavar="LIST",
+        help="run the server on these CPUs only (e.g. 0 or 0-1; its workers default to as "
+        "many); with --client-cpus, the load generators cannot take CPU from the server, as "
+        "with an attacker on another host",
+    )
+    p.add_argument(
+        "--client-cpus",
+        type=cpu_list,
+        default=None,
+        metavar="LIST",
+        help="run wrk and the slow clients on these CPUs only",
+    )
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("reports/flood"))
     return p
+
+
+def cpu_list(text: str) -> list[int]:
+    """``0``, ``0,2`` or ``1-3``: CPUs this machine lets the process run on, sorted."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list like 0, 0,2 or 1-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine allows CPUs {sorted(allowed)}")
+    return sorted(cpus)
 
 
 def run(args: argparse.Namespace, settings: dict[str, str]) -> dict[str, Any]:
     images = Images.fashion_mnist(args.data_dir, limit=64)
     items = [(images.png(i), {"Content-Type": "image/png"}) for i in range(len(images))]
     listing = write_request_set(args.out / "requests", items)
-    with ManagedServer(args.model, args.out / "server.log", **settings) as server:
-        run_wrk(server.url + "/classify", listing, args.wrk_connections, 2.0)  # warm-up
-        rounds = []
-        for i in range(args.rounds):
-            rounds.append(one_round(server, listing, args))
-            r = rounds[-1]
-            print(
-                f"round {i + 1}/{args.rounds}: p99 idle {r['idle']['p99_ms']:.2f} ms, "
-                f"flooded {r['flooded']['p99_ms']:.2f} ms "
-                f"({r['slow_clients']['open_mean']} slow connections open)",
-                file=sys.stderr,
-                flush=True,
-            )
+    server = ManagedServer(args.model, args.out / "server.log", **settings)
+    if args.server_cpus:
+        server.command_prefix = ["taskset", "-c", _cpus_text(args.server_cpus)]
+    own_cpus = os.sched_getaffinity(0)
+    with server:
+        try:
+            if args.client_cpus:  # wrk and the slow clients inherit it
+                os.sched_setaffinity(0, args.client_cpus)
+            rounds = _rounds(server, listing, args)
+        finally:
+            os.sched_setaffinity(0, own_cpus)
     return {"rounds": rounds, "verdict": verdict(rounds)}
+
+
+def _rounds(server: ManagedServer, listing: Path, args: argparse.Namespace) -> list[dict]:
+    run_wrk(server.url + "/classify", listing, args.wrk_connections, 2.0)  # warm-up
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append(one_round(server, listing, args))
+        r = rounds[-1]
+        print(
+            f"round {i + 1}/{args.rounds}: p99 idle {r['idle']['p99_ms']:.2f} ms, "
+            f"flooded {r['flooded']['p99_ms']:.2f} ms "
+            f"({r['slow_clients']['open_mean']} slow connections open)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rounds
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,10 @@ would hide most of what some of them cost, so every figure here is summed over t
 tree. Peak memory is the sum of each process's own ``VmHWM``: an upper bound of the tree's
 peak (each process peaks at its own moment, and pages shared after ``fork`` count once per
 process), which is what an operator sizing a machine for the server must provision.
+
+Run-queue wait (``/proc/<pid>/task/<tid>/schedstat``, the scheduler's own account) is the time
+a thread was ready to run but had no CPU: on a machine shared with the load generator, a rise
+in it says the server's latency went to the machine, not to the server's own work.
 """
 
 from __future__ import annotations
@@ -55,6 +59,21 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return out
 
 
+def runqueue_wait_seconds(pids: list[int]) -> dict[int, float]:
+    """Seconds each process's threads have spent ready to run but waiting for a CPU, by pid
+    (absent where the kernel keeps no scheduler statistics)."""
+    out = {}
+    for pid in pids:
+        waited = 0
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                waited += int(stat.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended while being read
+        out[pid] = waited / 1e9
+    return out
+
+
 @dataclass(frozen=True)
 class TreeUsage:
     """What a process tree used between two :func:`snapshot` calls."""
@@ -62,6 +81,7 @@ class TreeUsage:
     cpu_seconds: float
     wall_seconds: float
     processes: int
+    runqueue_wait_seconds: float = 0.0
 
     @property
     def cores(self) -> float:
@@ -72,10 +92,12 @@ class TreeUsage:
 class Snapshot:
     at: float  # time.monotonic()
     cpu: dict[int, float]
+    waited: dict[int, float]
 
 
 def snapshot(root: int, at: float) -> Snapshot:
-    return Snapshot(at, cpu_seconds(process_tree(root)))
+    tree = process_tree(root)
+    return Snapshot(at, cpu_seconds(tree), runqueue_wait_seconds(tree))
 
 
 def usage_between(before: Snapshot, after: Snapshot) -> TreeUsage:
@@ -83,7 +105,8 @@ def usage_between(before: Snapshot, after: Snapshot) -> TreeUsage:
     zero (all its CPU is inside the interval), one that ended in between is lost (its last
     interval cannot be read any more)."""
     used = sum(v - before.cpu.get(pid, 0.0) for pid, v in after.cpu.items())
-    return TreeUsage(used, after.at - before.at, len(after.cpu))
+    waited = sum(v - before.waited.get(pid, 0.0) for pid, v in after.waited.items())
+    return TreeUsage(used, after.at - before.at, len(after.cpu), waited)
 
 
 def tree_memory_mib(root: int, field: str) -> float | None:

@@ -72,6 +72,7 @@ class ManagedServer:
 
     ready_path = "/readyz"
     cwd: Path | None = None  # where the server runs (its workers import from there first)
+    command_prefix: tuple[str, ...] | list[str] = ()  # e.g. taskset -c 0: what it runs under
     signal_group = False  # SIGTERM the server alone: its own drain takes care of its children
 
     def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:
@@ -102,7 +103,7 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                [*self.command_prefix, *self.command()],
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

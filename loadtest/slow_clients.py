@@ -23,7 +23,8 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 MAX_CONNECTIONS = 20_000
 MAX_SECONDS = 600.0
@@ -39,14 +40,14 @@ class Tally:
         self.samples: list[int] = []
 
 
-async def one_slow_client(host: str, port: int, trickle: float, end: float, tally: Tally) -> None:
-    """Reconnect until ``end``: headers, 10 body bytes, then one byte per ``trickle`` seconds."""
+async def one_slow_client(host: str, port: int, trickle: float, tally: Tally) -> None:
+    """Reconnect until cancelled: headers, 10 body bytes, then one byte per ``trickle``
+    seconds."""
     head = (
         f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
         f"Content-Length: 100000\r\n\r\n"
     ).encode()
-    loop = asyncio.get_running_loop()
-    while loop.time() < end:
+    while True:
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -56,24 +57,39 @@ async def one_slow_client(host: str, port: int, trickle: float, end: float, tall
         tally.open += 1
         tally.opened += 1
         try:
-            writer.write(head + b"\x89PNG\r\n\x1a\n\x00\x00")
-            while loop.time() < end:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), trickle)
-                except TimeoutError:
-                    writer.write(b"\x00")
-                    await writer.drain()
-                    continue
-                status = line.split()[1].decode() if line.startswith(b"HTTP/") else "closed"
-                tally.statuses[status] += 1
-                break
-        except OSError:
-            tally.statuses["reset"] += 1
+            await _trickle_until_answered(reader, writer, head, trickle, tally)
         finally:
             tally.open -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def _trickle_until_answered(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    head: bytes,
+    trickle: float,
+    tally: Tally,
+) -> None:
+    """The bytes come from a timer, not a task per byte: the load generator must stay cheap,
+    or it takes from the server the CPU the measurement is about."""
+    loop = asyncio.get_running_loop()
+
+    def drip() -> None:
+        if not writer.is_closing():
+            writer.write(b"\x00")
+            timer[0] = loop.call_later(trickle, drip)
+
+    timer = [loop.call_later(trickle, drip)]
+    try:
+        writer.write(head + b"\x89PNG\r\n\x1a\n\x00\x00")
+        line = await reader.readline()  # the server's answer, or b"" when it closed
+        tally.statuses[line.split()[1].decode() if line.startswith(b"HTTP/") else "closed"] += 1
+    except OSError:
+        tally.statuses["reset"] += 1
+    finally:
+        timer[0].cancel()
 
 
 async def run(host: str, port: int, connections: int, seconds: float, trickle: float) -> dict:
@@ -83,13 +99,15 @@ async def run(host: str, port: int, connections: int, seconds: float, trickle: f
     end = loop.time() + seconds
     tasks = []
     for i in range(connections):  # spread the connects over the ramp, not all in one burst
-        tasks.append(asyncio.create_task(one_slow_client(host, port, trickle, end, tally)))
+        tasks.append(asyncio.create_task(one_slow_client(host, port, trickle, tally)))
         if i % 100 == 99:
             await asyncio.sleep(max(0.0, (ramp_end - loop.time()) / (connections / 100)))
     started = time.monotonic()
     while loop.time() < end:
         await asyncio.sleep(1.0)
         tally.samples.append(tally.open)
+    for task in tasks:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     held = tally.samples[int(len(tally.samples) * 0.2) :] or [0]  # after the ramp
     return {
@@ -116,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _event_loop_run(main: Coroutine[Any, Any, dict]) -> dict:
+    """uvloop when installed (the service's own loop, a fraction of asyncio's CPU)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -136,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = args.connections + 64
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    report = asyncio.run(run(args.host, args.port, args.connections, args.seconds, args.trickle))
+    flood = run(args.host, args.port, args.connections, args.seconds, args.trickle)
+    report = _event_loop_run(flood)
     print(json.dumps(report))
     return 0
 

@@ -84,6 +84,26 @@ def test_memory_is_the_sum_over_the_tree(parent: subprocess.Popen[bytes], field:
     assert total == pytest.approx(sum(p for p in peaks if p) / 1024.0, rel=0.05)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="no scheduler statistics")
+def test_a_process_waiting_for_a_busy_cpu_shows_runqueue_wait() -> None:
+    """Two processes spinning on one CPU: each is ready half the time with no CPU to run on."""
+    cpu = min(os.sched_getaffinity(0))
+    spin = (
+        f"import os, time; os.sched_setaffinity(0, {{{cpu}}}); end = time.monotonic() + 3\n"
+        "while time.monotonic() < end: pass"
+    )
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    try:
+        before = snapshot(spinners[0].pid, time.monotonic())
+        time.sleep(1.5)
+        usage = usage_between(before, snapshot(spinners[0].pid, time.monotonic()))
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert 0.3 <= usage.runqueue_wait_seconds <= usage.wall_seconds, usage
+
+
 def test_a_gone_process_has_no_tree() -> None:
     assert process_tree(2**22 + 12345) == []
     assert tree_memory_mib(2**22 + 12345, "VmRSS") is None
