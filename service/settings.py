@@ -134,8 +134,9 @@ class Settings(BaseSettings):
         5.0,
         gt=0.0,
         le=3600.0,
-        description="a request body must have fully arrived this long after its headers; "
-        "otherwise 408 and the connection is closed (slow uploads cannot hold the server)",
+        description="a request body must have fully arrived this long after its headers (plus "
+        "up to 10 % drawn per request); otherwise 408 and the connection is closed (slow "
+        "uploads cannot hold the server)",
     )
     header_timeout_seconds: float = Field(
         5.0,
