@@ -32,8 +32,8 @@ object, its buffered bytes and one timer. A request is held when it declares a b
 pause: a large upload then streams to the app as before), when its connection is lost (the app
 sees the disconnect, counted 499), when the server shuts down (the app answers within the
 grace), or at the body's deadline, marked :data:`BODY_LATE_KEY`, which the middleware answers
-408. A request that expects ``100 Continue`` or is over the concurrency cap
-is started at once: it must be answered before its body comes.
+408. A request that expects ``100 Continue``, declares a body over the limit or is over the
+concurrency cap is started at once: it must be answered before its body comes.
 
 The body's deadline is ``ABN_BODY_TIMEOUT_SECONDS`` after the headers plus up to
 :data:`DEADLINE_SPREAD` of it more, drawn per request (:func:`body_deadline`): connections
