@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -72,7 +73,7 @@ class ManagedServer:
 
     ready_path = "/readyz"
     cwd: Path | None = None  # where the server runs (its workers import from there first)
-    command_prefix: tuple[str, ...] | list[str] = ()  # e.g. taskset -c 0: what it runs under
+    command_prefix: Sequence[str] = ()  # e.g. taskset -c 0: what it runs under
     signal_group = False  # SIGTERM the server alone: its own drain takes care of its children
 
     def __init__(self, model_dir: Path, log_path: Path, **settings: object) -> None:

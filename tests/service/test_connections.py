@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -136,8 +136,8 @@ def on_a_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
 
 
 @pytest.fixture
-def app() -> Iterator[RecordingApp]:
-    yield RecordingApp()
+def app() -> RecordingApp:
+    return RecordingApp()
 
 
 @on_a_loop
