@@ -62,6 +62,10 @@ OVERLOADED_KEY = "abn.overloaded"
 ARRIVAL_KEY = "abn.arrival"  # time.monotonic() when the request's headers were complete
 BODY_DEADLINE_KEY = "abn.body_deadline"  # time.monotonic() by which the body must have arrived
 BODY_LATE_KEY = "abn.body_late"  # set when a held request reached its deadline without its body
+BODY_COMPLETE_KEY = "abn.body_complete"  # set when the whole body has arrived
+# A future resolved when the request's client closes the connection: what a route waiting for
+# the model watches, with no task reading ASGI messages for it (service.jobs.wait_all)
+GONE_KEY = "abn.gone"
 DEADLINE_SPREAD = 0.1  # a body's deadline is 1 to 1.1 x ABN_BODY_TIMEOUT_SECONDS after arrival
 # Request line plus headers; the requests of the contract need well under 8 KiB. (nginx allows
 # 4 x 8 KiB by default, Node.js 16 KiB.)
@@ -203,6 +207,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)  # marks the cycle disconnected
+        if self.cycle is not None and not self.cycle.response_complete:
+            gone = self.cycle.scope.get(GONE_KEY)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
         self._release()  # the app sees the disconnect: 499, counted and logged
 
     def on_message_begin(self) -> None:
@@ -220,6 +228,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         arrival = time.monotonic()
         self.scope[ARRIVAL_KEY] = arrival  # type: ignore[typeddict-unknown-key]
         self.scope[BODY_DEADLINE_KEY] = body_deadline(arrival, self.body_timeout)  # type: ignore[typeddict-unknown-key]
+        self.scope[GONE_KEY] = self.loop.create_future()  # type: ignore[typeddict-unknown-key]
         limit = self.max_concurrency
         if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
             self.scope[OVERLOADED_KEY] = True  # type: ignore[typeddict-unknown-key]
@@ -271,6 +280,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._release()  # a large upload: it streams to the app from here
 
     def on_message_complete(self) -> None:
+        self.cycle.scope[BODY_COMPLETE_KEY] = True  # type: ignore[typeddict-unknown-key]
         super().on_message_complete()
         self._release()
 

@@ -20,6 +20,7 @@ import torch
 from starlette.requests import Request
 from starlette.types import Receive
 
+from service.connections import GONE_KEY
 from service.cost import CostRequest
 from service.engine import Answer, BatchingEngine
 from service.errors import ClientGone, DeadlineExceeded
@@ -56,13 +57,17 @@ async def wait_all(
     client closes its connection first; the first error of any image. In each failing case
     every job still pending is cancelled, so the batcher drops it before it reaches the
     model."""
-    loop = asyncio.get_running_loop()
     # one image (the usual case) waits on its own future: no gathering future per request
     waited = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
-    watcher = loop.create_task(_disconnected(request.receive), name="abn-disconnect-watch")
+    gone: asyncio.Future[None] | None = request.scope.get(GONE_KEY)  # the server's protocol's
+    watcher = None
+    if gone is None:  # another server (an in-process test client): a task watches receive()
+        gone = watcher = asyncio.get_running_loop().create_task(
+            _disconnected(request.receive), name="abn-disconnect-watch"
+        )
     try:
         done, _ = await asyncio.wait(
-            (waited, watcher),
+            (waited, gone),
             timeout=max(deadline - time.monotonic(), 0.0),
             return_when=asyncio.FIRST_COMPLETED,
         )
@@ -70,7 +75,8 @@ async def wait_all(
         _cancel(waited, futures)  # the request task itself was cancelled: the batcher skips them
         raise
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
     if waited.done() and not waited.cancelled():
         if waited.exception() is not None:
             _cancel(waited, futures)  # one image failed: the rest are not worth running
@@ -78,7 +84,7 @@ async def wait_all(
         result = waited.result()
         return [result] if len(futures) == 1 else list(result)
     _cancel(waited, futures)
-    if watcher in done:
+    if gone in done:
         raise ClientGone("while its request waited for the model; the work was dropped")
     raise DeadlineExceeded(
         "the request waited past its deadline (ABN_REQUEST_TIMEOUT_SECONDS) for the model"

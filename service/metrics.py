@@ -110,6 +110,9 @@ class ServiceMetrics:
         self.layer_widths: Counter | None = None
         self.layer_bits: Counter | None = None  # deprecated: abn_layer_width_selections_total
         self._layer_children: dict[tuple[str, int], tuple[Counter, ...]] = {}
+        # (route, status) -> its request counter and duration children; routes are bounded
+        # (service.middleware.route_label) and so are statuses
+        self._request_series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def _define_request_metrics(self, r: CollectorRegistry, max_batch_size: int) -> None:
         """How requests travel: counts, durations, queueing, batches."""
@@ -233,8 +236,15 @@ class ServiceMetrics:
 
     # -- events -----------------------------------------------------------------------------
     def request_done(self, route: str, status_code: int, seconds: float) -> None:
-        self.requests.labels(route=route, status_code=str(status_code)).inc()
-        self.request_duration.labels(route=route).observe(seconds)
+        series = self._request_series.get((route, status_code))
+        if series is None:  # a labels() lookup once per (route, status), not per request
+            series = (
+                self.requests.labels(route=route, status_code=str(status_code)),
+                self.request_duration.labels(route=route),
+            )
+            self._request_series[(route, status_code)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def batch_done(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

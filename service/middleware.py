@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import (
     ARRIVAL_KEY,
+    BODY_COMPLETE_KEY,
     BODY_DEADLINE_KEY,
     BODY_LATE_KEY,
     OVERLOADED_KEY,
@@ -218,11 +219,14 @@ class _Exchange:
     async def receive(self) -> Message:
         if self.body_done:  # after the body: waits for a disconnect, with no deadline
             return await self._receive()
-        try:
-            async with asyncio.timeout_at(self.body_deadline):
-                message = await self._receive()
-        except TimeoutError:
-            raise self.body_timeout_error() from None
+        if self.scope.get(BODY_COMPLETE_KEY):  # all here already (buffered): no timer to arm
+            message = await self._receive()
+        else:
+            try:
+                async with asyncio.timeout_at(self.body_deadline):
+                    message = await self._receive()
+            except TimeoutError:
+                raise self.body_timeout_error() from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.body_done = True
         return message

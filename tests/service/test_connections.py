@@ -6,8 +6,9 @@ started for a request whose body is still coming (so a slow upload holds no requ
 except where it must answer before the body (``Expect: 100-continue``, a declared body over the
 limit, no body at all); a held request still reaches the app when its deadline passes (marked
 late), when its client leaves (a disconnect) and when the server shuts down; a pipelined
-request whose body came early is not left waiting. Real-process behaviour (408, 499, 503 on
-shutdown) is in test_slow_clients.py and test_server.py.
+request whose body came early is not left waiting; the scope says when the whole body is
+there and carries a future that the client's leaving resolves. Real-process behaviour (408,
+499, 503 on shutdown) is in test_slow_clients.py and test_server.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
 from service.connections import (
+    BODY_COMPLETE_KEY,
     BODY_DEADLINE_KEY,
     BODY_LATE_KEY,
     DEADLINE_SPREAD,
+    GONE_KEY,
     GuardedHttpToolsProtocol,
     body_deadline,
 )
@@ -245,3 +248,46 @@ async def test_the_deadline_is_in_the_scope_and_spread_beyond_the_timeout(
     drawn = [body_deadline(100.0, 2.0) for _ in range(200)]
     assert all(102.0 <= d <= 102.0 + 2.0 * DEADLINE_SPREAD for d in drawn)
     assert max(drawn) - min(drawn) > 2.0 * DEADLINE_SPREAD / 2  # not one instant for all
+
+
+@on_a_loop
+async def test_the_scope_says_when_the_body_is_complete(app: RecordingApp) -> None:
+    conn = Connection(app)
+    chunk = b"x" * (HIGH_WATER_LIMIT + 1)
+    conn.send(post(len(chunk) + 1) + chunk)  # streams to the app before it is complete
+    await turns()
+    assert len(app.scopes) == 1 and BODY_COMPLETE_KEY not in app.scopes[0]
+    conn.send(b"y")
+    await turns()
+    assert app.scopes[0][BODY_COMPLETE_KEY] is True
+
+
+class WaitingApp(RecordingApp):
+    """Reads the request, then waits (as a route waits for the model) without answering."""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        await receive()
+        await asyncio.Event().wait()
+
+
+@on_a_loop
+async def test_the_gone_future_resolves_when_the_client_leaves_an_unanswered_request() -> None:
+    app = WaitingApp()
+    conn = Connection(app)
+    conn.send(post(2) + b"ab")
+    await turns()
+    gone = app.scopes[0][GONE_KEY]
+    assert not gone.done()
+    conn.protocol.connection_lost(None)
+    assert gone.done()
+
+
+@on_a_loop
+async def test_the_gone_future_of_an_answered_request_stays_pending(app: RecordingApp) -> None:
+    conn = Connection(app)
+    conn.send(post(2) + b"ab")
+    await turns()
+    assert conn.transport.written.endswith(b"2")
+    conn.protocol.connection_lost(None)  # a kept-alive connection closing after its answer
+    assert not app.scopes[0][GONE_KEY].done()
