@@ -399,7 +399,11 @@ class BatchingEngine(Admission):
             torch.stack(images), torch.tensor(budgets, dtype=torch.float64), pinned
         )
         probabilities = out.probabilities
-        finite = torch.isfinite(probabilities).all(dim=1) & torch.isfinite(out.bitops)
+        bitops = out.bitops.tolist()
+        # a row's sum is finite exactly when all its probabilities are (each is in [0, 1]):
+        # one op and a check per sample, not four ops of their own
+        sums = probabilities.sum(dim=1).tolist()
+        finite = [math.isfinite(p) and math.isfinite(c) for p, c in zip(sums, bitops, strict=True)]
         top = probabilities.topk(min(TOP_K, probabilities.shape[1]), dim=1)
         first_pass: list[list[int] | None] = [None] * len(images)
         if out.first_pass is not None and out.reran is not None:
@@ -408,8 +412,8 @@ class BatchingEngine(Admission):
         return _BatchResults(
             probabilities,
             out.widths.tolist(),
-            out.bitops.tolist(),
-            finite.tolist(),
+            bitops,
+            finite,
             top.indices.tolist(),
             top.values.tolist(),
             first_pass,
