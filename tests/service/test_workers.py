@@ -86,8 +86,15 @@ def launch_two_workers(
 
 @pytest.fixture
 def two_workers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    # A shutdown delay, as behind a load balancer: without one the listener closes within
+    # uvicorn's 0.1 s tick of the signal, and whether a probe sees the 503 first is a race.
     server, tmp = launch_two_workers(
-        tiny_model_dir, tmp_path, "workers.log", feedback_key=KEY, shutdown_timeout_seconds=30
+        tiny_model_dir,
+        tmp_path,
+        "workers.log",
+        feedback_key=KEY,
+        shutdown_timeout_seconds=30,
+        shutdown_delay_seconds=1.0,
     )
     try:
         wait_all_ready(server)

@@ -12,10 +12,12 @@ from abn.quant import SwitchableWeightQuantizer
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 def test_offset_encoding_gives_back_every_level(bits: int) -> None:
-    weight = torch.randn(8, 5, 3, 3)
+    weight = torch.randn(8, 5, 3, 3, generator=torch.Generator().manual_seed(bits))
     quantizer = SwitchableWeightQuantizer(weight, (bits,))
     levels = quantizer.integer_levels(weight, bits)
-    assert torch.equal(levels * quantizer.step(bits), quantizer(weight, bits))
+    with torch.no_grad():  # the inference form the kernels pack (training's STE form rounds
+        # its 1-bit product differently in the last place for some weights)
+        assert torch.equal(levels * quantizer.step(bits), quantizer(weight, bits))
     u, alpha, beta = offset_encoding(levels, bits)
     assert u.min() >= 0 and u.max() < 2**bits
     assert torch.equal(alpha * u + beta, levels)
