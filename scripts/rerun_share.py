@@ -1,0 +1,65 @@
+"""How often the served policy's last decision re-runs an image, and from where, under a
+budget mix: the share of test images per option (stop, or re-run from block k at b bits).
+
+A re-run is a second pass through the network from a block boundary, so on the float path,
+where a pass costs the same at every width, this share is most of what an adaptive request
+costs beyond a pinned one (docs/profiling.md, issue 19's third pass):
+
+    .venv/bin/python scripts/rerun_share.py --images 960
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+
+import torch
+
+from abn.data import load_fashion_mnist
+from service.model import ServedModel
+
+BUDGET_MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # the bench's min,25%,50%,75%,max of the cost range
+
+
+def shares(model: ServedModel, images: torch.Tensor, seed: int, batch: int) -> dict[str, float]:
+    """Share of ``images`` per last-decision option, budgets drawn from the bench's mix."""
+    if model.policy is None or model.policy.escalation is None:
+        raise SystemExit("rerun_share: this model's policy takes no last decision")
+    lo, hi = model.min_bitops, model.max_bitops
+    rng = random.Random(seed)
+    budgets = torch.tensor(
+        [lo + (hi - lo) * rng.choice(BUDGET_MIX) for _ in range(len(images))], dtype=torch.float64
+    )
+    counts: collections.Counter[int] = collections.Counter()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = model.normalizer(images[start : start + batch])
+            result = model.compiled.rollout(x, budgets[start : start + batch])
+            counts.update(result.escalation.tolist())
+    options = model.policy.spec.escalations
+    named = {0: "stop"} | {
+        k + 1: f"re-run from block {block} at {bits} bits"
+        for k, (block, bits) in enumerate(options)
+    }
+    return {named[k]: v / len(images) for k, v in sorted(counts.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="model_store/fmnist-abn")
+    parser.add_argument("--images", type=int, default=960, help="the first N test images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    if not 1 <= args.images <= 10_000 or args.batch < 1:
+        parser.error("--images must be 1 to 10000 and --batch at least 1")
+    torch.set_num_threads(1)
+    model = ServedModel.load(args.model, "cpu")
+    images = load_fashion_mnist("test").images[: args.images]
+    for option, share in shares(model, images, args.seed, args.batch).items():
+        print(f"{100 * share:5.1f} %  {option}")
+
+
+if __name__ == "__main__":
+    main()
