@@ -17,15 +17,15 @@ import random
 import torch
 
 from abn.data import load_fashion_mnist
-from service.model import ServedModel
+from service.model import ModelLoadError, ServedModel
 
 BUDGET_MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # the bench's min,25%,50%,75%,max of the cost range
 
 
 def shares(model: ServedModel, images: torch.Tensor, seed: int, batch: int) -> dict[str, float]:
-    """Share of ``images`` per last-decision option, budgets drawn from the bench's mix."""
-    if model.policy is None or model.policy.escalation is None:
-        raise SystemExit("rerun_share: this model's policy takes no last decision")
+    """Share of ``images`` per last-decision option, budgets drawn from the bench's mix; the
+    model's policy must take a last decision (:func:`takes_last_decision`)."""
+    assert model.policy is not None
     lo, hi = model.min_bitops, model.max_bitops
     rng = random.Random(seed)
     budgets = torch.tensor(
@@ -45,6 +45,10 @@ def shares(model: ServedModel, images: torch.Tensor, seed: int, batch: int) -> d
     return {named[k]: v / len(images) for k, v in sorted(counts.items())}
 
 
+def takes_last_decision(model: ServedModel) -> bool:
+    return model.policy is not None and model.policy.escalation is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="model_store/fmnist-abn")
@@ -55,7 +59,12 @@ def main() -> None:
     if not 1 <= args.images <= 10_000 or args.batch < 1:
         parser.error("--images must be 1 to 10000 and --batch at least 1")
     torch.set_num_threads(1)
-    model = ServedModel.load(args.model, "cpu")
+    try:
+        model = ServedModel.load(args.model, "cpu")
+    except ModelLoadError as err:
+        parser.error(str(err))
+    if not takes_last_decision(model):
+        parser.error(f"{args.model}: its policy takes no last decision, so nothing re-runs")
     images = load_fashion_mnist("test").images[: args.images]
     for option, share in shares(model, images, args.seed, args.batch).items():
         print(f"{100 * share:5.1f} %  {option}")

@@ -94,11 +94,12 @@ async def wait_all(
 def count_answers(state: ServiceState, answers: Sequence[Answer], cost: CostRequest) -> None:
     """Each answered image in the metrics, as a one-image request is."""
     model = state.loaded_model()
+    layer_names = model.layer_names
     for answer in answers:
         state.metrics.classified(
             budget=cost.budget,
             bitops=answer.bitops,
-            layer_names=model.layer_names,
+            layer_names=layer_names,
             widths=answer.widths,
             confidence=answer.top_probabilities[0],
             expected_accuracy=model.accuracy.expected(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from starlette.requests import Request
 
+from service.connections import GONE_KEY
 from service.cost import CostRequest
 from service.engine import Answer
 from service.errors import ClientGone, DeadlineExceeded, InvalidImage, QueueFull
@@ -103,3 +104,28 @@ def test_deadline_and_disconnect_cancel_every_job(n: int) -> None:
 
     late, gone = asyncio.run(main())
     assert all(f.cancelled() for f in late + gone)
+
+
+def test_the_protocols_gone_future_ends_the_wait_without_reading_messages() -> None:
+    """Served by the service's protocol, the scope carries a future resolved when the client
+    leaves: the wait ends on it (499) and never calls ``receive``."""
+
+    reads = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append(1)
+        await asyncio.Event().wait()  # no message would ever come
+        raise AssertionError("unreachable")
+
+    async def main() -> list[asyncio.Future[Answer]]:
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+        scope = {"type": "http", "method": "POST", "headers": [], GONE_KEY: gone}
+        futures = [loop.create_future() for _ in range(2)]
+        loop.call_later(0.01, gone.set_result, None)
+        with pytest.raises(ClientGone):
+            await wait_all(Request(scope, receive), futures, time.monotonic() + 1)
+        return futures
+
+    assert all(f.cancelled() for f in asyncio.run(main()))
+    assert reads == []
