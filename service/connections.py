@@ -12,6 +12,12 @@ later request on it begins, and closes the connection if the headers are not com
 bounded too: httptools (unlike h11) buffers a request line and headers of any length, so more
 than :data:`MAX_HEADER_BYTES` before the headers are complete is answered 431 and closed.
 
+Both answers are closed the way nginx's ``lingering_close`` does it: the answer is written, the
+sending side shut (the client reads the answer and then end of file), and what the client still
+sends is read and dropped until it closes or :data:`LINGER_SECONDS` pass. Closing at once while
+request bytes are still arriving makes the kernel reset the connection, and a reset discards the
+answer the client had not read yet: the client saw ``Connection reset by peer`` instead of 431.
+
 uvicorn's own ``--limit-concurrency`` answers a plain-text 503 and logs a warning for every
 refused request, which in a flood is a second flood, in the log. The same rule is applied here
 (more than ``limit`` open connections, or ``limit`` requests already in flight), but the request
@@ -70,6 +76,9 @@ DEADLINE_SPREAD = 0.1  # a body's deadline is 1 to 1.1 x ABN_BODY_TIMEOUT_SECOND
 # Request line plus headers; the requests of the contract need well under 8 KiB. (nginx allows
 # 4 x 8 KiB by default, Node.js 16 KiB.)
 MAX_HEADER_BYTES = 64 * 1024
+# How long a connection answered by the protocol itself drains the client's bytes before it is
+# closed (nginx's lingering_time is 30 s; this is only to let the answer be read, not to wait)
+LINGER_SECONDS = 2.0
 
 
 def body_deadline(arrival: float, body_timeout: float) -> float:
@@ -150,6 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._held: tuple[RequestResponseCycle, ASGIApp] | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def configured(
@@ -182,14 +192,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         if self._request_begun:  # part of a request came: say why it is cut off
-            self.transport.write(header_timeout_response(self.header_timeout))
-        self.transport.close()
+            self._answer_and_close(header_timeout_response(self.header_timeout))
+        else:
+            self.transport.close()
+
+    def _answer_and_close(self, response: bytes) -> None:
+        """Write ``response``, shut the sending side, and drop what the client still sends
+        until it closes or :data:`LINGER_SECONDS` pass (see the module's docstring)."""
+        self._cancel_header_timer()
+        self.transport.write(response)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:  # answered and half-closed: the rest is dropped
+            return
         if self._awaiting_headers:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -200,12 +224,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and self._header_bytes > MAX_HEADER_BYTES
             and not self.transport.is_closing()
         ):
-            self._cancel_header_timer()
-            self.transport.write(HEADERS_TOO_LARGE)
-            self.transport.close()
+            self._answer_and_close(HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)  # marks the cycle disconnected
         if self.cycle is not None and not self.cycle.response_complete:
             gone = self.cycle.scope.get(GONE_KEY)
