@@ -58,13 +58,14 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--pinned-bits", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--backend", default="float", choices=("float", "bitserial"))
     p.add_argument("--images", type=int, default=600, help="images per measurement")
     p.add_argument(
         "--count-ops", action="store_true", help="also count aten ops per call (torch profiler)"
     )
     args = p.parse_args()
     torch.set_num_threads(1)
-    model = ServedModel.load(args.model, "cpu")
+    model = ServedModel.load(args.model, "cpu", args.backend)
     model.warm_up(64)
     results: dict[str, list[float]] = {}
     for _ in range(args.repeats):

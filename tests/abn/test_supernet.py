@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from abn import layers
 from abn.bitops import cost_table
 from abn.errors import ConfigLengthError, UncalibratedBatchNormError, UnknownBitWidthError
 from abn.quant import FULL_PRECISION
@@ -204,6 +205,32 @@ def test_folded_inference_matches_unfolded_eval_output() -> None:
             assert torch.allclose(net(x, c), expected, atol=1e-4, rtol=0), c
     net.train()  # leaving eval drops the folded weights
     assert all(layer._folded is None for layer in net.switchable_layers)
+
+
+def test_folded_inference_runs_channels_last_on_the_cpu_with_the_same_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layout is a speed choice only (abn.layers.inference_memory_format): in float32, uniform
+    and mixed configurations give bit-identical logits to the default layout's, and every
+    activation a run hands a switchable layer, grouped or not, stays channels-last."""
+    torch.manual_seed(5)
+    nets = [give_bn_statistics(build_supernet("resnet8_fmnist"), seed=5) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fast = nets[0].fold_for_inference()
+    with monkeypatch.context() as patched:
+        patched.setattr(layers, "inference_memory_format", lambda _: torch.contiguous_format)
+        plain = nets[1].fold_for_inference()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(24, 1, 28, 28, generator=gen)
+    mixed = torch.tensor([random_config(fast.num_switchable, gen) for _ in range(24)])
+    with torch.no_grad():
+        for config in [fast.uniform(3), mixed]:
+            assert torch.equal(fast(x, config), plain(x, config))
+        run = fast.start(x)
+        while not run.done:
+            assert run.activation.is_contiguous(memory_format=torch.channels_last)
+            assert not run.activation.is_contiguous()
+            run.advance(mixed[:, run.layer_index])
 
 
 @pytest.mark.parametrize(
