@@ -1,5 +1,6 @@
 """How often the served policy's last decision re-runs an image, and from where, under a
-budget mix: the share of test images per option (stop, or re-run from block k at b bits).
+budget mix: the share of test images per option (stop, or re-run from block k at b bits),
+and per configuration of the first pass.
 
 A re-run is a second pass through the network from a block boundary, so on the float path,
 where a pass costs the same at every width, this share is most of what an adaptive request
@@ -22,9 +23,12 @@ from service.model import ModelLoadError, ServedModel
 BUDGET_MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # the bench's min,25%,50%,75%,max of the cost range
 
 
-def shares(model: ServedModel, images: torch.Tensor, seed: int, batch: int) -> dict[str, float]:
-    """Share of ``images`` per last-decision option, budgets drawn from the bench's mix; the
-    model's policy must take a last decision (:func:`takes_last_decision`)."""
+def shares(
+    model: ServedModel, images: torch.Tensor, seed: int, batch: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Share of ``images`` per last-decision option, and per first-pass configuration,
+    budgets drawn from the bench's mix; the model's policy must take a last decision
+    (:func:`takes_last_decision`)."""
     assert model.policy is not None
     lo, hi = model.min_bitops, model.max_bitops
     rng = random.Random(seed)
@@ -32,17 +36,21 @@ def shares(model: ServedModel, images: torch.Tensor, seed: int, batch: int) -> d
         [lo + (hi - lo) * rng.choice(BUDGET_MIX) for _ in range(len(images))], dtype=torch.float64
     )
     counts: collections.Counter[int] = collections.Counter()
+    first_passes: collections.Counter[str] = collections.Counter()
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             x = model.normalizer(images[start : start + batch])
             result = model.compiled.rollout(x, budgets[start : start + batch])
             counts.update(result.escalation.tolist())
+            first_passes.update(",".join(map(str, row)) for row in result.first_pass.tolist())
     options = model.policy.spec.escalations
     named = {0: "stop"} | {
         k + 1: f"re-run from block {block} at {bits} bits"
         for k, (block, bits) in enumerate(options)
     }
-    return {named[k]: v / len(images) for k, v in sorted(counts.items())}
+    n = len(images)
+    options_share = {named[k]: v / n for k, v in sorted(counts.items())}
+    return options_share, {config: v / n for config, v in first_passes.most_common()}
 
 
 def takes_last_decision(model: ServedModel) -> bool:
@@ -66,8 +74,11 @@ def main() -> None:
     if not takes_last_decision(model):
         parser.error(f"{args.model}: its policy takes no last decision, so nothing re-runs")
     images = load_fashion_mnist("test").images[: args.images]
-    for option, share in shares(model, images, args.seed, args.batch).items():
+    options, first_passes = shares(model, images, args.seed, args.batch)
+    for option, share in options.items():
         print(f"{100 * share:5.1f} %  {option}")
+    for config, share in first_passes.items():
+        print(f"{100 * share:5.1f} %  first pass at widths {config}")
 
 
 if __name__ == "__main__":
