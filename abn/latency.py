@@ -4,10 +4,10 @@ BitOps (:mod:`abn.bitops`) are the papers' accounting unit: what a configuration
 hardware with low-bit integer arithmetic. This project simulates quantization (weights and
 activations are rounded to their grid and computed in float32), so on a CPU or GPU without such
 kernels every width takes the same time. This table is the honest counterpart: measured through
-the path the service runs (folded weights, layer by layer, a
-:meth:`~abn.policy.CompiledPolicy.rollout` with pinned widths), one pinned batch at a time, the
-widths interleaved within each repeat so a neighbour's load on a shared machine falls on all of
-them alike.
+the path the service runs for a batch pinned to one uniform width (folded weights, the plain
+forward pass: ``ServedModel`` runs every fully pinned batch that way, without the rollout's
+per-layer bookkeeping), one pinned batch at a time, the widths interleaved within each repeat
+so a neighbour's load on a shared machine falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from abn.bitops import CostTable
-from abn.policy import CompiledPolicy
 from abn.preprocess import InputSpec, normalize
 from abn.supernet import Supernet
 
@@ -57,16 +56,13 @@ def measure_latency(
     shape = (batch_size, input_spec.channels, input_spec.height, input_spec.width)
     images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
     x = normalize(images.to(torch.uint8).to(device), input_spec)
-    budgets = torch.full((batch_size,), table.max_bitops, dtype=torch.float64, device=device)
-    compiled = CompiledPolicy(net, table, None, device)
     bits = list(net.bit_candidates)
     times: dict[int, list[float]] = {b: [] for b in bits}
     for i in tqdm(range(warmup + repeats), desc="latency per width", mininterval=2.0):
         for b in bits:
-            pinned = torch.full((batch_size, net.num_switchable), b, device=device)
             _synchronize(device)
             start = time.perf_counter()
-            compiled.rollout(x, budgets, pinned=pinned)
+            net(x, b)
             _synchronize(device)
             if i >= warmup:
                 times[b].append(1000 * (time.perf_counter() - start))
