@@ -5,7 +5,7 @@ hardware with low-bit integer arithmetic. This project simulates quantization (w
 activations are rounded to their grid and computed in float32), so on a CPU or GPU without such
 kernels every width takes the same time. This table is the honest counterpart: measured through
 the path the service runs for a batch pinned to one uniform width (folded weights, the plain
-forward pass: ``ServedModel`` runs every fully pinned batch that way, without the rollout's
+forward pass: the service runs every fully pinned batch that way, without the rollout's
 per-layer bookkeeping), one pinned batch at a time, the widths interleaved within each repeat
 so a neighbour's load on a shared machine falls on all of them alike.
 """

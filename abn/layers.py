@@ -162,11 +162,6 @@ def inference_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def inference_layout(weight: torch.Tensor) -> torch.Tensor:
-    """A folded conv weight in :func:`inference_memory_format`'s layout."""
-    return weight.contiguous(memory_format=inference_memory_format(weight.device))
-
-
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """An eval-mode BN as the per-channel ``(scale, shift)`` it applies."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -287,7 +282,8 @@ class SwitchableConvBN(nn.Module):
         elementwise ops, one conv and one multiply-add per layer and width group."""
         weights, steps = {}, {}
         for bits in self.bit_candidates:
-            weights[bits] = inference_layout(self.weight_quantizer(self.weight, bits))
+            weight = self.weight_quantizer(self.weight, bits)
+            weights[bits] = weight.contiguous(memory_format=inference_memory_format(weight.device))
             steps[bits] = self.act_quantizer.step_for(bits)
         scale, shift = self.bn.affine_table()
         self._folded = _FoldedConv(weights, steps, scale, shift, self.bn)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from service.model import ServedModel
+from service.model import BACKENDS, ServedModel
 
 
 def measure(model: ServedModel, batch: int, pinned_bits: int | None, images: int) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--pinned-bits", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--backend", default="float", choices=("float", "bitserial"))
+    p.add_argument("--backend", default="float", choices=BACKENDS)
     p.add_argument("--images", type=int, default=600, help="images per measurement")
     p.add_argument(
         "--count-ops", action="store_true", help="also count aten ops per call (torch profiler)"

@@ -18,23 +18,21 @@ import random
 import torch
 
 from abn.data import load_fashion_mnist
+from loadtest.bench import BenchConfig
+from loadtest.workload import BudgetSpec, ModelRange
 from service.model import ModelLoadError, ServedModel
-
-BUDGET_MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # the bench's min,25%,50%,75%,max of the cost range
 
 
 def shares(
     model: ServedModel, images: torch.Tensor, seed: int, batch: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Share of ``images`` per last-decision option, and per first-pass configuration,
-    budgets drawn from the bench's mix; the model's policy must take a last decision
-    (:func:`takes_last_decision`)."""
+    budgets drawn from the bench's mix (``BenchConfig.budgets``); the model's policy must take
+    a last decision (:func:`takes_last_decision`)."""
     assert model.policy is not None
-    lo, hi = model.min_bitops, model.max_bitops
+    mix = BudgetSpec.parse(BenchConfig.budgets, ModelRange(model.min_bitops, model.max_bitops))
     rng = random.Random(seed)
-    budgets = torch.tensor(
-        [lo + (hi - lo) * rng.choice(BUDGET_MIX) for _ in range(len(images))], dtype=torch.float64
-    )
+    budgets = torch.tensor([mix.draw(rng)[0] for _ in range(len(images))], dtype=torch.float64)
     counts: collections.Counter[int] = collections.Counter()
     first_passes: collections.Counter[str] = collections.Counter()
     with torch.inference_mode():
