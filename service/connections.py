@@ -7,7 +7,8 @@ has answered a first request (its keep-alive timeout only runs between requests)
 that connects and sends nothing, or a header line every few seconds, holds a file descriptor
 forever. The ASGI app cannot see such a connection at all: it exists only once the headers are
 complete. :class:`GuardedHttpToolsProtocol` arms a timer when a connection opens and when each
-later request on it begins, and closes the connection if the headers are not complete in time
+later request on it begins (at the end of the read it began in, unless its headers came whole
+in it), and closes the connection if the headers are not complete in time
 (with a JSON 408 when part of a request had arrived; silently when nothing had). Their size is
 bounded too: httptools (unlike h11) buffers a request line and headers of any length, so more
 than :data:`MAX_HEADER_BYTES` before the headers are complete is answered 431 and closed.
@@ -62,6 +63,7 @@ from starlette.types import ASGIApp, Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from service.response_writes import HeadWithBody
 from service.settings import Settings
 
 OVERLOADED_KEY = "abn.overloaded"
@@ -217,14 +219,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._awaiting_headers:
             self._header_bytes += len(data)
         super().data_received(data)
+        if not self._awaiting_headers or self.transport.is_closing():
+            return
         # Checked after parsing, so a chunk that completes the headers and carries body bytes
         # after them is not mistaken for oversized headers (asyncio reads at most 256 KiB).
-        if (
-            self._awaiting_headers
-            and self._header_bytes > MAX_HEADER_BYTES
-            and not self.transport.is_closing()
-        ):
+        if self._header_bytes > MAX_HEADER_BYTES:
             self._answer_and_close(HEADERS_TOO_LARGE)
+        elif self._request_begun:  # a request began in this read and its headers are not all here
+            self._arm_header_timer()  # (one whose headers came whole never arms and cancels it)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -243,7 +245,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._awaiting_headers:  # a later request on a kept-alive connection
             self._awaiting_headers = True
             self._header_bytes = 0
-        self._arm_header_timer()  # a later request on a kept-alive connection: from its 1st byte
+        # its header deadline is armed at the end of this read, if they are still incomplete
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
@@ -256,7 +258,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.max_concurrency
         if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
             self.scope[OVERLOADED_KEY] = True  # type: ignore[typeddict-unknown-key]
-        super().on_headers_complete()
+        super().on_headers_complete()  # makes the request's cycle; its task has not run yet
+        cycle = self.cycle
+        # (an upgrade makes no cycle; a HEAD answer has no body write to carry its head)
+        if cycle is not None and cycle.scope is self.scope and self.scope["method"] != "HEAD":
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     # -- request buffering ------------------------------------------------------------------
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]

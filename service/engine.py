@@ -46,7 +46,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -102,6 +102,7 @@ class _Job:
     enqueued: float  # time.monotonic()
     future: asyncio.Future[Answer]
     request_id: str = ""
+    sole_image: bool = False  # its request's only image: its widths are counted when answered
 
 
 class Admission:
@@ -110,6 +111,11 @@ class Admission:
     :meth:`stop_accepting` (drain, shutdown) and never reopened."""
 
     _accepting = False
+    # Counts the widths of answered images whose request has no other image, as the answers
+    # are handed out, before any of their routes can respond: once per batch of answers rather
+    # than once per image (ServiceMetrics.widths_chosen). A request of several images is
+    # counted by its route once all are answered, since one failing fails them all.
+    count_widths: Callable[[list[list[int]]], None] | None = None
 
     @property
     def accepting(self) -> bool:
@@ -199,9 +205,11 @@ class BatchingEngine(Admission):
         pinned: Sequence[int] | None,
         deadline: float,
         request_id: str = "",
+        sole_image: bool = False,
     ) -> asyncio.Future[Answer]:
         """Queue one image; raise 503/429 at once instead of waiting for room. ``request_id``
-        is only for the log, should the model fail on it."""
+        is only for the log, should the model fail on it; ``sole_image``: its request has no
+        other image (see :attr:`count_widths`)."""
         if not self._accepting:
             raise ShuttingDown()
         if self.queued >= self.max_queue_size:
@@ -218,6 +226,7 @@ class BatchingEngine(Admission):
             time.monotonic(),
             loop.create_future(),
             request_id,
+            sole_image,
         )
         self._queue.append(job)
         if self.metrics is not None:
@@ -364,6 +373,7 @@ class BatchingEngine(Admission):
                     job.request_id for job, ok in zip(jobs, out.finite, strict=True) if not ok
                 ),
             )
+        counted: list[list[int]] = []
         for i, job in enumerate(jobs):
             if out.finite[i]:
                 answer = Answer(
@@ -375,6 +385,8 @@ class BatchingEngine(Admission):
                     out.top_probabilities[i],
                     out.first_pass[i],
                 )
+                if job.sole_image and not job.future.done():  # its route will answer it
+                    counted.append(answer.widths)
                 self._finish(job, answer)
             else:
                 self._finish(
@@ -383,6 +395,8 @@ class BatchingEngine(Admission):
                         "inference failed: the model's output for this image is NaN or infinite"
                     ),
                 )
+        if counted and self.count_widths is not None:  # before any of their routes resumes
+            self.count_widths(counted)
 
     def _infer(
         self, images: list[torch.Tensor], budgets: list[float], pins: list[list[int] | None]

@@ -40,9 +40,12 @@ def submit_all(
     if time.monotonic() >= deadline:
         raise DeadlineExceeded("the request passed its deadline before it could be queued")
     futures: list[asyncio.Future[Answer]] = []
+    sole = len(images) == 1  # its widths are then counted by the engine (count_answers)
     try:
         for image in images:
-            futures.append(engine.submit(image, cost.budget, cost.pinned, deadline, request_id))
+            futures.append(
+                engine.submit(image, cost.budget, cost.pinned, deadline, request_id, sole)
+            )
     except BaseException:
         for future in futures:
             future.cancel()
@@ -92,15 +95,16 @@ async def wait_all(
 
 
 def count_answers(state: ServiceState, answers: Sequence[Answer], cost: CostRequest) -> None:
-    """Each answered image in the metrics, as a one-image request is."""
+    """Each answered image in the metrics, as a one-image request is. A one-image request's
+    widths were counted by the engine as it answered (``Admission.count_widths``); a request of
+    several images has its widths counted here, now that all of them are answered."""
     model = state.loaded_model()
-    layer_names = model.layer_names
+    if len(answers) > 1:
+        state.metrics.widths_chosen(answer.widths for answer in answers)
     for answer in answers:
         state.metrics.classified(
             budget=cost.budget,
             bitops=answer.bitops,
-            layer_names=layer_names,
-            widths=answer.widths,
             confidence=answer.top_probabilities[0],
             expected_accuracy=model.accuracy.expected(
                 pinned=cost.pinned is not None,

@@ -26,6 +26,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 ACCESS_LOGGER = "service.access"
+_ACCESS_LOG = logging.getLogger(ACCESS_LOGGER)  # the same object getLogger returns later
 ACCESS_KEY = "abn.access"  # scope key: what a route adds to its access line (budget, bitops)
 # Keys of every JSON line, in this order; access lines add ACCESS_FIELDS (all of them, null
 # where a request has no such value), so a collector can rely on both sets.
@@ -131,13 +132,9 @@ def access_line(
         "budget": budget,
         "bitops": bitops,
     }
-    cost = "".join(
-        f" {name}={value:.6g}"
-        for name, value in (("budget", budget), ("bitops", bitops))
-        if value is not None
-    )
+    cost = "" if budget is None else f" budget={budget:.6g}"
+    if bitops is not None:
+        cost += f" bitops={bitops:.6g}"
     # The text line names the route, not the raw path: the path is the client's (decoded, so
     # it may hold a newline) and unbounded; JSON escapes it and carries both.
-    logging.getLogger(ACCESS_LOGGER).info(
-        "%s %s %d %.1fms%s", method, route, status, latency_ms, cost, extra=fields
-    )
+    _ACCESS_LOG.info("%s %s %d %.1fms%s", method, route, status, latency_ms, cost, extra=fields)

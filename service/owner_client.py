@@ -60,6 +60,7 @@ class OwnerEngine(Admission, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._jobs: dict[int, asyncio.Future[Answer]] = {}
+        self._sole_images: set[int] = set()  # jobs whose widths are counted here when answered
         self._ids = itertools.count(1)
         self._accepting = False
         self._closing = False  # drain closed the link: its loss is no news
@@ -70,15 +71,20 @@ class OwnerEngine(Admission, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        counted: list[list[int]] = []
         try:
             for kind, payload in split_frames(self._buffer):
-                self._on_frame(kind, payload)
+                self._on_frame(kind, payload, counted)
         except WireError as err:
             log.error("the model process sent an unreadable frame (%s); closing the link", err)
             assert self._transport is not None
             self._transport.close()
+        if counted and self.count_widths is not None:  # before any of their routes resumes
+            self.count_widths(counted)
 
-    def _on_frame(self, kind: int, payload: bytes) -> None:
+    def _on_frame(self, kind: int, payload: bytes, counted: list[list[int]]) -> None:
+        """Settle a job by the owner's frame; an answered sole image's widths go to
+        ``counted`` (:attr:`~service.engine.Admission.count_widths`)."""
         if kind == FACTS:
             if not self.facts.done():
                 self.facts.set_result(payload)
@@ -87,6 +93,8 @@ class OwnerEngine(Admission, asyncio.Protocol):
             job_id, answer = decode_result(payload)
             future = self._jobs.pop(job_id, None)
             if future is not None and not future.done():
+                if job_id in self._sole_images:
+                    counted.append(answer.widths)
                 future.set_result(answer)
         elif kind == ERROR:
             job_id, error = decode_error(payload)
@@ -127,8 +135,10 @@ class OwnerEngine(Admission, asyncio.Protocol):
         pinned: Sequence[int] | None,
         deadline: float,
         request_id: str = "",
+        sole_image: bool = False,
     ) -> asyncio.Future[Answer]:
-        """Send one image to the owner; its answer or refusal settles the future."""
+        """Send one image to the owner; its answer or refusal settles the future.
+        ``sole_image`` as :meth:`service.engine.BatchingEngine.submit`'s."""
         if not self._accepting or self._transport is None:
             raise ShuttingDown()
         job_id = next(self._ids)
@@ -137,11 +147,15 @@ class OwnerEngine(Admission, asyncio.Protocol):
         self._transport.write(encode_job(Job(job_id, image, float(budget), pins, left, request_id)))
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = future
+        if sole_image:
+            self._sole_images.add(job_id)
         future.add_done_callback(partial(self._settled, job_id))
         return future
 
     def _settled(self, job_id: int, future: asyncio.Future[Answer]) -> None:
-        """A future settled here, not by the owner (its request gave up): cancel it there."""
+        """A future settled (by the owner, or here because its request gave up: then it is
+        cancelled there too)."""
+        self._sole_images.discard(job_id)
         transport = self._transport
         if self._jobs.pop(job_id, None) is not None and transport and not transport.is_closing():
             transport.write(encode_cancel(job_id))

@@ -95,6 +95,7 @@ class ServiceState:
             self.model = model
             if self.phase == "draining":
                 return
+            engine.count_widths = self.metrics.widths_chosen
             engine.start()
             self.engine = engine
             # What exists now (torch, the model, FastAPI) lives as long as the process: frozen,

@@ -231,7 +231,7 @@ def _response(
         },
         "outputs": entries,
     }
-    encoded = encode_json(body).encode()
+    encoded = encode_json(body)
     if not binary:
         return Response(encoded, media_type="application/json")
     return Response(

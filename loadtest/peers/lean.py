@@ -16,7 +16,6 @@ worker is awake).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import torch
 import uvicorn
 from PIL import UnidentifiedImageError
@@ -109,7 +109,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload).encode()
+    body = orjson.dumps(payload)  # the service's encoder: the floor is not slowed by its JSON
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

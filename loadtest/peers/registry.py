@@ -46,7 +46,7 @@ PEERS: dict[str, Peer] = {
             "lean",
             "lean floor (plain ASGI, one process per core)",
             "loadtest.peers.lean",
-            ("uvicorn",),
+            ("uvicorn", "orjson"),
             PNG,
             per_core=True,
         ),

@@ -33,16 +33,18 @@ def test_each_image_is_answered_as_alone(make_app: Callable[..., FastAPI]) -> No
     images = [png(i) for i in range(4)]
     headers = {"X-BitOps-Budget": "60M"}
 
-    async def send(c: httpx.AsyncClient) -> tuple[list[dict], httpx.Response, Scrape, Scrape]:
+    async def send(c: httpx.AsyncClient) -> tuple[list[dict], httpx.Response, Scrape, Scrape, list]:
+        layers = [layer["name"] for layer in (await c.get("/v1/model")).json()["layers"]]
         alone = [
             (await c.post("/classify", content=i, headers={**headers, "Content-Type": "image/png"}))
             for i in images
         ]
         before = Scrape((await c.get("/metrics")).text)
         many = await c.post("/classify", files=files(*images), headers=headers)
-        return [a.json() for a in alone], many, before, Scrape((await c.get("/metrics")).text)
+        after = Scrape((await c.get("/metrics")).text)
+        return [a.json() for a in alone], many, before, after, layers
 
-    alone, many, before, after = call(make_app, send)
+    alone, many, before, after, layers = call(make_app, send)
     assert many.status_code == 200, many.text
     body = many.json()
     assert set(body) == {"id", "model", "results"} and body["id"] == many.headers["x-request-id"]
@@ -55,6 +57,12 @@ def test_each_image_is_answered_as_alone(make_app: Callable[..., FastAPI]) -> No
     assert many.headers["x-bitops-budget"] == "60000000"
     count = "abn_bitops_used_count"
     assert after.value(count) - before.value(count) == 4  # images, not requests
+    for index, layer in enumerate(layers):  # each image's width, counted by its route
+        for width in {r["bit_widths"][index] for r in results}:
+            chosen = sum(r["bit_widths"][index] == width for r in results)
+            selections = {"layer": layer, "width": str(width)}
+            name = "abn_layer_width_selections_total"
+            assert after.value(name, **selections) - before.value(name, **selections) == chosen
     ok = {"route": "/classify", "status_code": "200"}
     assert after.value("abn_requests_total", **ok) - before.value("abn_requests_total", **ok) == 1
 

@@ -42,6 +42,7 @@ class MemoryTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes: list[bytes] = []  # each write, as the socket would send it
         self.closed = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -51,6 +52,7 @@ class MemoryTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+        self.writes.append(bytes(data))
 
     def close(self) -> None:
         self.closed = True
@@ -291,3 +293,22 @@ async def test_the_gone_future_of_an_answered_request_stays_pending(app: Recordi
     assert conn.transport.written.endswith(b"2")
     conn.protocol.connection_lost(None)  # a kept-alive connection closing after its answer
     assert not app.scopes[0][GONE_KEY].done()
+
+
+@on_a_loop
+async def test_each_answer_is_one_write_on_a_kept_alive_connection(app: RecordingApp) -> None:
+    """Head and body go out in one write (service.response_writes), request after request;
+    a HEAD answer, which has no body, is written as it is."""
+    conn = Connection(app)
+    for body in (b"ab", b"cde"):
+        conn.send(post(len(body)) + body)
+        await turns()
+        answer = conn.transport.writes[-1]
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer.endswith(b"\r\n\r\n" + str(len(body)).encode())
+    assert len(conn.transport.writes) == 2
+    conn.send(b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await turns()
+    assert len(conn.transport.writes) == 3
+    assert conn.transport.writes[-1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert conn.transport.writes[-1].endswith(b"\r\n\r\n")

@@ -278,6 +278,35 @@ def test_a_failing_batch_fails_its_jobs_not_the_engine() -> None:
     asyncio.run(body())
 
 
+def test_sole_images_widths_are_counted_once_per_batch_as_they_are_answered() -> None:
+    """The widths of a request's only image are handed to ``count_widths`` with the rest of
+    its batch, before its future resolves; an image of a larger request (its route counts it)
+    and an image whose request gave up while its batch ran (nobody answers it) are not."""
+
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate=gate)
+        engine = engine_for(model)
+        counted: list[list[list[int]]] = []
+        engine.count_widths = counted.append
+        engine.start()
+        sole = [engine.submit(IMAGE, 1.0, None, far(), sole_image=True) for _ in range(2)]
+        part = engine.submit(IMAGE, 2.0, None, far())
+        left = engine.submit(IMAGE, 3.0, None, far(), sole_image=True)
+        seen_at_answer: list[int] = []
+        sole[0].add_done_callback(lambda _: seen_at_answer.append(len(counted)))
+        await until(lambda: bool(model.batches))  # the batch of 4 is in the model
+        left.cancel()
+        gate.set()
+        await asyncio.gather(*sole, part)
+        assert model.batches == [[1.0, 1.0, 2.0, 3.0]]
+        assert counted == [[[4, 4, 4], [4, 4, 4]]]  # one call for the batch, sole images only
+        assert seen_at_answer == [1]  # counted before the future's callbacks ran
+        await engine.drain(5)
+
+    asyncio.run(body())
+
+
 def test_batched_answer_equals_one_at_a_time(served_model: ServedModel) -> None:
     model = served_model
     n = 24

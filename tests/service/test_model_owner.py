@@ -93,6 +93,8 @@ def test_two_front_ends_are_answered_by_one_model_process(
         assert scrape.value("abn_queue_duration_seconds_count") == n + 1
         assert scrape.value("abn_inference_duration_seconds_count") > 0
         assert scrape.value("abn_bitops_used_count") == n + 1
+        # counted by the front ends as answers came back, one per layer of each image
+        assert scrape.value("abn_layer_width_selections_total") == (n + 1) * len(card["layers"])
         assert scrape.value("abn_requests_total", route="/classify", status_code="200") == n + 1
         assert scrape.value("abn_pending_requests") == 0
         assert scrape.value("abn_model_info") == 1

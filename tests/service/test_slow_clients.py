@@ -132,6 +132,25 @@ def test_slow_or_absent_headers_are_cut_off(server: ServerProcess) -> None:
         assert raw == b"" and closed - start < HEADER_TIMEOUT + 1.5
 
 
+def test_a_later_request_on_a_kept_alive_connection_has_a_header_deadline_too(
+    server: ServerProcess,
+) -> None:
+    """After an answer, the next request's headers are held to the same deadline, counted from
+    their first bytes, whether they come in the read that began them or later."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in answer
+        start = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # begun, its headers never finished
+        raw, closed = read_until_closed(sock)
+    status, _, body = parse(raw)
+    assert status == 408 and body["error_type"] == "header_timeout", raw
+    assert HEADER_TIMEOUT * 0.9 <= closed - start < HEADER_TIMEOUT + 1.5
+
+
 @pytest.mark.parametrize("size", [100_000, 4_000_000])
 def test_oversized_headers_get_431_and_the_connection_closes(
     server: ServerProcess, size: int
