@@ -1,12 +1,16 @@
 #!/bin/bash
 # Served throughput of two checkouts, alternated, one server at a time, driven by wrk
-# (Debian's package): 10 s at 32 connections posting one 28x28 PNG, pinned at 3 bits and
-# adaptive at a 600M budget, ROUNDS rounds. Loopback only.
+# (Debian's package): 10 s at CONNECTIONS connections (32) posting one 28x28 PNG, pinned at
+# 3 bits and adaptive at a 600M budget (MODES), ROUNDS rounds, with the server's CPU
+# milliseconds per request (all its processes, from /proc). Loopback only.
 #   OLD=/tmp/abn-old scripts/compare_servers_wrk.sh     (OLD: a checkout of the earlier version)
+#   OLD=/tmp/abn-old CONNECTIONS=1 MODES=pinned ROUNDS=3 scripts/compare_servers_wrk.sh
 set -euo pipefail
 OLD=${OLD:?set OLD to the other checkout}
 NEW=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+MODES=${MODES:-pinned adaptive}
 WORK=$(mktemp -d)
 "$NEW/.venv/bin/python" -c "
 from abn.data import load_fashion_mnist; from PIL import Image
@@ -23,16 +27,29 @@ serve() { # checkout port
   for _ in $(seq 60); do curl -sf "localhost:$2/readyz" > /dev/null && return; sleep 1; done
   echo "server on $2 not ready" >&2; exit 1
 }
+server_ticks() { # CPU clock ticks so far of the server on port $1 and its workers
+  local supervisor
+  supervisor=$(pgrep -f "service.supervisor .*--port $1 " | head -1)
+  for pid in $supervisor $(pgrep -P "$supervisor"); do
+    awk '{print $14 + $15}' "/proc/$pid/stat"
+  done | paste -sd+ | bc
+}
 for round in $(seq "$ROUNDS"); do
   for name in old new; do
     if [ "$name" = old ]; then dir=$OLD port=18500; else dir=$NEW port=18501; fi
     serve "$dir" "$port"
-    for mode in pinned adaptive; do
+    for mode in $MODES; do
       if [ "$mode" = pinned ]; then export PIN=3 BUDGET=; else export PIN= BUDGET=600M; fi
-      out=$(wrk -t1 -c32 -d10s --latency -s "$WORK/post.lua" "http://127.0.0.1:$port/classify")
-      echo "round $round $name $mode $(grep Requests/sec <<< "$out") $(grep -E '^ +(50|99)%' <<< "$out" | tr -s ' ' | tr '\n' ' ')"
+      wrk -t1 -c"$CONNECTIONS" -d3s -s "$WORK/post.lua" "http://127.0.0.1:$port/classify" > /dev/null
+      before=$(server_ticks "$port")
+      out=$(wrk -t1 -c"$CONNECTIONS" -d10s --latency -s "$WORK/post.lua" \
+          "http://127.0.0.1:$port/classify")
+      after=$(server_ticks "$port")
+      requests=$(awk '/requests in/ {print $1}' <<< "$out")
+      cpu=$(bc <<< "scale=3; ($after - $before) * 1000 / $(getconf CLK_TCK) / $requests")
+      echo "round $round $name $mode $(grep Requests/sec <<< "$out") $(grep -E '^ +(50|99)%' <<< "$out" | tr -s ' ' | tr '\n' ' ') server CPU ms/request $cpu"
     done
-    pkill -f "abn serve --model model_store/fmnist-abn --port $port" || true
+    pkill -f "service.supervisor .*--port $port " || true
     sleep 2
   done
 done

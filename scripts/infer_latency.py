@@ -6,6 +6,10 @@ one torch thread, repeated, so code versions can be compared (docs/profiling.md)
 another checkout, run it with that checkout first on PYTHONPATH:
 
     .venv/bin/python scripts/infer_latency.py --model model_store/fmnist-abn --repeats 5
+
+The images are random pixels unless ``--test-images``: then the first test images of
+Fashion-MNIST, on which the policy re-runs what it does on real inputs (an adaptive call's
+cost depends on how many images it re-runs).
     cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
         <this checkout>/scripts/infer_latency.py --model <this checkout>/model_store/fmnist-abn
 """
@@ -19,23 +23,36 @@ import time
 
 import torch
 
+from abn.data import load_fashion_mnist
 from service.model import BACKENDS, ServedModel
 
 
-def measure(model: ServedModel, batch: int, pinned_bits: int | None, images: int) -> float:
-    """Mean milliseconds per call over about ``images`` images, after one warm call."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, generator=gen)
+def measure(
+    model: ServedModel,
+    batch: int,
+    pinned_bits: int | None,
+    images: int,
+    source: torch.Tensor | None = None,
+) -> float:
+    """Mean milliseconds per call over about ``images`` images, after one warm call: random
+    pixels, or consecutive batches of ``source`` (``(N, C, H, W)`` uint8) when given."""
+    calls = max(3, images // batch)
+    if source is None:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, generator=gen)
+        inputs = [x] * calls
+    else:
+        whole = len(source) // batch  # the batches source holds (main checks there is one)
+        inputs = [source[(i % whole) * batch :][:batch] for i in range(calls)]
     lo, hi = model.min_bitops, model.max_bitops
     mix = [lo + (hi - lo) * p for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
     budgets = torch.tensor((mix * (batch // 5 + 1))[:batch], dtype=torch.float64)
     pinned = None if pinned_bits is None else torch.full((batch, model.num_layers), pinned_bits)
-    calls = max(3, images // batch)
-    model.infer(x, budgets, pinned)
+    model.infer(inputs[0], budgets, pinned)
     start = time.perf_counter()
-    for _ in range(calls):
+    for x in inputs:
         model.infer(x, budgets, pinned)
-    return 1000 * (time.perf_counter() - start) / calls
+    return 1000 * (time.perf_counter() - start) / len(inputs)
 
 
 def count_ops(model: ServedModel, batch: int, calls: int = 10) -> float:
@@ -63,19 +80,26 @@ def main() -> None:
     p.add_argument(
         "--count-ops", action="store_true", help="also count aten ops per call (torch profiler)"
     )
+    p.add_argument(
+        "--test-images", action="store_true", help="Fashion-MNIST test images, not random pixels"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     model = ServedModel.load(args.model, "cpu", args.backend)
     model.warm_up(64)
+    batches = [int(v) for v in args.batches.split(",")]
+    if args.test_images and args.images < max(batches):
+        p.error(f"--images {args.images}: --test-images needs at least one batch of {max(batches)}")
+    source = load_fashion_mnist("test").images[: args.images] if args.test_images else None
     results: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        for b in (int(v) for v in args.batches.split(",")):
+        for b in batches:
             for name, bits in (
                 ("adaptive", None),
                 (f"pinned {args.pinned_bits}-bit", args.pinned_bits),
             ):
                 key = f"batch {b}, {name}"
-                results.setdefault(key, []).append(measure(model, b, bits, args.images))
+                results.setdefault(key, []).append(measure(model, b, bits, args.images, source))
     report: dict[str, object] = {
         k: {"median_ms": statistics.median(v), "runs_ms": v} for k, v in results.items()
     }
