@@ -6,12 +6,12 @@ one torch thread, repeated, so code versions can be compared (docs/profiling.md)
 another checkout, run it with that checkout first on PYTHONPATH:
 
     .venv/bin/python scripts/infer_latency.py --model model_store/fmnist-abn --repeats 5
+    cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
+        <this checkout>/scripts/infer_latency.py --model <this checkout>/model_store/fmnist-abn
 
 The images are random pixels unless ``--test-images``: then the first test images of
 Fashion-MNIST, on which the policy re-runs what it does on real inputs (an adaptive call's
 cost depends on how many images it re-runs).
-    cd <other checkout> && PYTHONPATH=$PWD <this checkout>/.venv/bin/python \\
-        <this checkout>/scripts/infer_latency.py --model <this checkout>/model_store/fmnist-abn
 """
 
 from __future__ import annotations

@@ -275,8 +275,9 @@ class ServiceMetrics:
     def widths_chosen(self, configurations: Iterable[Sequence[int]]) -> None:
         """Count the width of each layer of answered images (one configuration per image):
         one increment per (layer, width) pair among them, by how many chose it. Under several
-        workers an increment is a write to a shared file (~1.4 µs on the 2-core machine), so a
-        batch of 32 images pays for a few pairs, not for 8 layers x 32 images (issue 19)."""
+        workers an increment is a write to a shared file (~1.3 µs on the 2-core machine,
+        ``scripts/hot_path_pieces.py``), so a batch of 32 images pays for a few pairs, not for
+        8 layers x 32 images (issue 19)."""
         tally: collections.Counter[tuple[int, int]] = collections.Counter()
         # a batch holds few distinct configurations: each is expanded once, with its count
         for widths, images in collections.Counter(map(tuple, configurations)).items():

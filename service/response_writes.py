@@ -3,9 +3,9 @@
 uvicorn's response cycle writes the status line and headers when the app sends
 ``http.response.start`` and the body when it sends ``http.response.body``: two ``send(2)``
 calls for every answer, where one would do. On the 2-core machine a loopback send of a few
-hundred bytes costs ~6 µs of CPU and two cost 12 to 16 (``scripts/response_writes.py``), the
-kernel's delivery to the client included; at saturation that is ~1.5 % of what a ``/classify``
-costs the server (docs/profiling.md, issue 19). The HTTP protocol
+hundred bytes costs 6-7 µs of CPU and two cost 12-13 (``scripts/response_writes.py``), the
+kernel's delivery to the client included; at saturation that is about 1 % of what a
+``/classify`` costs the server (docs/profiling.md, issue 19). The HTTP protocol
 (:class:`service.connections.GuardedHttpToolsProtocol`) gives each request's cycle this
 wrapper of its transport, which holds the head until the first body write and sends both at
 once. The client sees the same bytes in the same order.
