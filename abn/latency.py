@@ -50,15 +50,19 @@ def measure_latency(
     batch_size: int = 32,
     repeats: int = 20,
     warmup: int = 3,
+    progress: bool = True,
 ) -> dict:
-    """Median and 90th-percentile time of one pinned batch at every uniform width."""
+    """Median and 90th-percentile time of one pinned batch at every uniform width; the
+    progress bar is for a person at a terminal (``abn evaluate``), not a server's log."""
     device = next(net.parameters()).device
     shape = (batch_size, input_spec.channels, input_spec.height, input_spec.width)
     images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
     x = normalize(images.to(torch.uint8).to(device), input_spec)
     bits = list(net.bit_candidates)
     times: dict[int, list[float]] = {b: [] for b in bits}
-    for i in tqdm(range(warmup + repeats), desc="latency per width", mininterval=2.0):
+    for i in tqdm(
+        range(warmup + repeats), desc="latency per width", mininterval=2.0, disable=not progress
+    ):
         for b in bits:
             _synchronize(device)
             start = time.perf_counter()

@@ -288,6 +288,12 @@ class SwitchableConvBN(nn.Module):
         scale, shift = self.bn.affine_table()
         self._folded = _FoldedConv(weights, steps, scale, shift, self.bn)
 
+    def inference_form(self) -> InferenceForm:
+        """The frozen form eval-mode forwards run through (after :meth:`fold_for_inference`)."""
+        if self._folded is None:
+            raise RuntimeError(f"{self.name}: not folded for inference")
+        return self._folded
+
     def use_inference_form(self, form: InferenceForm) -> None:
         """Run eval-mode forwards through ``form``, another backend's frozen form of this
         layer computing the same arithmetic (abn.bitserial); training mode drops it as it

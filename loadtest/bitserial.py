@@ -40,7 +40,9 @@ from loadtest.machine import machine_info
 from loadtest.server import ManagedServer
 from loadtest.workload import Images, budget_header
 from loadtest.wrk import WrkError, run_wrk, write_request_set
-from service.model import BACKENDS, ModelLoadError, ServedModel
+from service.model import ModelLoadError, ServedModel
+
+COMPARED_BACKENDS = ("float", "bitserial")  # the float path against the kernel at every width
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None) -> Config:
 
 def offline(cfg: Config, pixels: torch.Tensor) -> dict[str, Any]:
     torch.set_num_threads(1)
-    models = {b: ServedModel.load(cfg.model, "cpu", b) for b in BACKENDS}
+    models = {b: ServedModel.load(cfg.model, "cpu", b) for b in COMPARED_BACKENDS}
     for m in models.values():
         m.warm_up(32)
     uniform = uniform_latency(models, pixels, cfg.repeats)
@@ -117,7 +119,7 @@ def fits(uniform: dict, points: list, cost, layers: int) -> dict[str, dict[str, 
     over the uniform widths at batch 32 (pinned: nothing but the widths changes), per backend
     and clock."""
     out = {}
-    for backend in BACKENDS:
+    for backend in COMPARED_BACKENDS:
         pinned = [
             AdaptivePoint(backend, cost([c.bits] * layers), cost([c.bits] * layers), **ms)
             for c, ms in uniform.items()
@@ -155,7 +157,7 @@ def served(cfg: Config, images: Images) -> list[dict[str, Any]]:
     """wrk at ``connections`` against one server per backend, the loads interleaved in a new
     order each round (round 0 warms the server up and is dropped)."""
     rows: list[dict[str, Any]] = []
-    for backend in BACKENDS:
+    for backend in COMPARED_BACKENDS:
         log = cfg.work_dir / f"server-{backend}.log"
         with ManagedServer(cfg.model, log, backend=backend) as server:
             sets = request_sets(cfg, images, httpx.get(server.url + "/v1/model").json())

@@ -24,7 +24,8 @@ import time
 import torch
 
 from abn.data import load_fashion_mnist
-from service.model import BACKENDS, ServedModel
+from service.backends import CHOICES
+from service.model import ServedModel
 
 
 def measure(
@@ -75,7 +76,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--pinned-bits", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--backend", default="float", choices=BACKENDS)
+    p.add_argument("--backend", default="float", choices=CHOICES)
     p.add_argument("--images", type=int, default=600, help="images per measurement")
     p.add_argument(
         "--count-ops", action="store_true", help="also count aten ops per call (torch profiler)"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from abn.bitops import CostTable, cost_table
-from abn.bitserial import BitSerialUnavailableError, use_bitserial
+from abn.bitserial import BitSerialUnavailableError
 from abn.devices import resolve_device
 from abn.errors import ABNError, ConfigError
 from abn.latency import measure_latency
@@ -25,10 +25,9 @@ from abn.preprocess import InputSpec, Normalizer
 from abn.store import ModelDirectory, open_model_dir
 from abn.supernet import Supernet
 from service.accuracy import AccuracyTables
+from service.backends import CHOICES, install_backend, resolve_backend
 
 log = logging.getLogger("service")
-
-BACKENDS = ("float", "bitserial")  # ABN_BACKEND
 
 
 class ModelLoadError(RuntimeError):
@@ -91,7 +90,7 @@ class ServedModel(CostFacts):
         self.policy = policy
         self.table = table
         self.device = device
-        self.backend = backend  # how the switchable layers compute (BACKENDS)
+        self.backend = backend  # how the switchable layers compute (service.backends.BACKENDS)
         # the manifest's latency table was measured on the float path; another backend's is
         # measured here, at warm-up (:meth:`warm_up`)
         self.latency: dict[str, Any] | None = (
@@ -125,30 +124,31 @@ class ServedModel(CostFacts):
             raise ModelLoadError(
                 f"cannot load the model directory {path}: {type(err).__name__}: {err}"
             ) from err
-        if backend not in BACKENDS:
+        if backend not in CHOICES:
             raise ModelLoadError(
-                f"ABN_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}"
+                f"ABN_BACKEND must be one of {', '.join(CHOICES)}, not {backend!r}"
             )
-        if backend == "bitserial":
-            try:
-                use_bitserial(net)
-            except BitSerialUnavailableError as err:
-                raise ModelLoadError(f"ABN_BACKEND=bitserial: {err}") from err
         table = cost_table(net)
+        runs_on = resolve_backend(backend, target)
+        try:
+            runs_on = install_backend(net, table, runs_on, auto=backend == "auto")
+        except BitSerialUnavailableError as err:
+            raise ModelLoadError(f"ABN_BACKEND={backend}: {err}") from err
         if len(directory.classes) != net.spec.num_classes:
             raise ModelLoadError(
                 f"{path}: the manifest names {len(directory.classes)} classes but the network "
                 f"has {net.spec.num_classes} outputs"
             )
         log.info(
-            "loaded %s %s on %s in %.2fs (%s policy)",
+            "loaded %s %s on %s, %s backend, in %.2fs (%s policy)",
             directory.manifest.get("name"),
             directory.manifest.get("version"),
             target,
+            runs_on,
             time.perf_counter() - started,
             "learned" if policy is not None else "fallback",
         )
-        return cls(directory, net, policy, table, target, backend)
+        return cls(directory, net, policy, table, target, runs_on)
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -245,5 +245,7 @@ class ServedModel(CostFacts):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if self.backend != "float":  # the card's latency table, on this backend and machine
-            measured = measure_latency(self.net, self.table, self.input_spec, batch, 5, 1)
+            measured = measure_latency(
+                self.net, self.table, self.input_spec, batch, 5, 1, progress=False
+            )
             self.latency = measured | {"backend": self.backend, "measured": "at start"}

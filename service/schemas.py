@@ -180,8 +180,8 @@ class ModelCard(BaseModel):
         default=None,
         description="time per uniform width: with ABN_BACKEND=float, where abn evaluate "
         "measured it (quantization is simulated in float32, so every width costs the same time "
-        "and BitOps are an accounting unit); with bitserial, measured on this machine at start "
-        "(time falls with BitOps)",
+        "and BitOps are an accounting unit); with bitserial or mixed, measured on this machine "
+        "at start (time falls with BitOps)",
     )
     architecture: str
     policy: Literal["learned", "uniform_fallback"] = Field(
@@ -189,10 +189,11 @@ class ModelCard(BaseModel):
         "width that fits the budget"
     )
     device: str
-    backend: Literal["float", "bitserial"] = Field(
-        description="how the switchable layers compute (ABN_BACKEND): float simulates "
-        "quantization, so every width costs the same time; bitserial runs popcount kernels "
-        "whose time falls with BitOps"
+    backend: Literal["float", "bitserial", "mixed"] = Field(
+        description="how the switchable layers compute (ABN_BACKEND, auto resolved): float "
+        "simulates quantization, so every width costs the same time; bitserial runs popcount "
+        "kernels whose time falls with BitOps; mixed runs each layer's call on whichever of "
+        "the two measured faster at start"
     )
 
 

@@ -30,12 +30,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when available, else CPU"
     )
-    backend: Literal["float", "bitserial"] = Field(
-        "float",
+    backend: Literal["auto", "float", "bitserial", "mixed"] = Field(
+        "auto",
         description="how the switchable layers compute: float (quantization simulated in "
-        "float32, every width costs the same time) or bitserial (popcount kernels on the CPU "
-        "whose time falls with BitOps; needs AVX-512 VPOPCNTDQ, refused without it; "
-        "docs/bitserial.md)",
+        "float32, every width costs the same time), bitserial (popcount kernels on the CPU "
+        "whose time falls with BitOps; needs AVX-512 VPOPCNTDQ, refused without it), mixed "
+        "(each layer's call on whichever of the two measured faster at start for its width "
+        "and group size) or auto (mixed where the kernel can run, else float); "
+        "docs/bitserial.md",
     )
     default_budget: float | None = Field(
         None,

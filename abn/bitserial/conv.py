@@ -41,7 +41,10 @@ class BitSerialConv:
     def run(
         self, x: torch.Tensor, bits: int, in_bits: HostWidths, stride: int, padding: int
     ) -> torch.Tensor:
-        """``x`` (float32 NCHW, CPU) through the layer at ``bits``, BN pair per sample."""
+        """``x`` (float32, CPU) through the layer at ``bits``, BN pair per sample. The kernel
+        reads and writes channels-last, the layout the CPU inference path runs in
+        (:func:`abn.layers.inference_memory_format`), so a network's layers pass their outputs
+        on without a copy; an input in another layout is copied once."""
         n, _, h, w = x.shape
         row = self.bn.pair_index(in_bits, bits)
         if isinstance(row, int):
@@ -49,10 +52,12 @@ class BitSerialConv:
         else:  # one row per sample
             pairs = torch.as_tensor(row, dtype=torch.int64).contiguous()
         self._check(x, pairs, stride, padding)
-        x = x.contiguous()
+        x = x.contiguous(memory_format=torch.channels_last)
         oh = (h + 2 * padding - self.kernel_size) // stride + 1
         ow = (w + 2 * padding - self.kernel_size) // stride + 1
-        out = torch.empty(n, self.out_channels, oh, ow, dtype=torch.float32)
+        out = torch.empty(
+            n, self.out_channels, oh, ow, dtype=torch.float32, memory_format=torch.channels_last
+        )
         status = self.lib.abn_bitserial_conv(
             self._layer_ptr[bits], x.data_ptr(), n, h, w, pairs.data_ptr(), out.data_ptr()
         )
@@ -65,8 +70,8 @@ class BitSerialConv:
         shape here would be an out-of-bounds read there, not an exception."""
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
             raise ValueError(
-                f"{self.name}: the bit-serial kernel takes a float32 NCHW tensor on the CPU, "
-                f"not {x.dtype} {tuple(x.shape)} on {x.device}"
+                f"{self.name}: the bit-serial kernel takes a float32 (N, C, H, W) tensor on "
+                f"the CPU, not {x.dtype} {tuple(x.shape)} on {x.device}"
             )
         if x.shape[1] != self.in_channels or pairs.numel() != x.shape[0]:
             raise ValueError(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from abn.bitserial.cpu import missing_flags
-from loadtest.bitserial import parse_args
+from loadtest.bitserial import COMPARED_BACKENDS, parse_args
 from loadtest.bitserial_offline import (
     AdaptivePoint,
     adaptive_latency,
@@ -18,7 +18,7 @@ from loadtest.bitserial_offline import (
     uniform_latency,
 )
 from loadtest.bitserial_page import write_page
-from service.model import BACKENDS, ServedModel
+from service.model import ServedModel
 
 AVX512 = not missing_flags("avx512")
 
@@ -34,7 +34,7 @@ def test_the_fit_recovers_a_line_and_its_proportional_share() -> None:
 
 def synthetic(two_over_eight: float) -> dict:
     uniform = []
-    for backend in BACKENDS:
+    for backend in COMPARED_BACKENDS:
         for bits in (1, 2, 8):
             for batch in (1, 32):
                 ms = 1.0 if backend == "float" else {1: 0.1, 2: two_over_eight, 8: 1.0}[bits]
@@ -50,7 +50,7 @@ def synthetic(two_over_eight: float) -> dict:
                 )
     adaptive = [
         {"backend": b, "budget": x * 1e7, "mean_bitops": x * 1e7, "wall_ms": x, "cpu_ms": x}
-        for b in BACKENDS
+        for b in COMPARED_BACKENDS
         for x in (1, 2, 3)
     ]
     fit = {
@@ -70,7 +70,7 @@ def synthetic(two_over_eight: float) -> dict:
             "fits": {
                 f"{kind} {b} {c}": fit
                 for kind in ("adaptive", "uniform")
-                for b in BACKENDS
+                for b in COMPARED_BACKENDS
                 for c in ("wall", "cpu")
             },
             "min_bitops": 1e7,
@@ -120,14 +120,14 @@ def test_a_cli_mistake_is_one_line_and_exit_2(capsys) -> None:
 
 @pytest.mark.skipif(not AVX512, reason="this CPU cannot run the avx512 kernel")
 def test_timings_cover_every_cell_on_the_tiny_model(tiny_model_dir) -> None:
-    models = {b: ServedModel.load(tiny_model_dir, "cpu", b) for b in BACKENDS}
+    models = {b: ServedModel.load(tiny_model_dir, "cpu", b) for b in COMPARED_BACKENDS}
     images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
     uniform = uniform_latency(models, images, repeats=1)
     assert len(uniform) == 2 * len(models["float"].bit_candidates) * 2
     assert all(v["wall_ms"] > 0 and v["cpu_ms"] >= 0 for v in uniform.values())
     low, high = models["float"].min_bitops, models["float"].max_bitops
     points = adaptive_latency(models, images, [low, high], repeats=1)
-    assert {p.backend for p in points} == set(BACKENDS)
+    assert {p.backend for p in points} == set(COMPARED_BACKENDS)
     assert all(low <= p.mean_bitops <= 2 * high for p in points)
     profile = layer_profile(models["bitserial"], images[:32], (1, 8), repeats=1)
     assert set(profile[1]) == {*models["bitserial"].layer_names, "rest"}

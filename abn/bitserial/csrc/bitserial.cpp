@@ -1,8 +1,9 @@
 // Bit-serial convolution: a b_w x b_a-bit conv as b_w * b_a binary convs of bit-planes.
 //
 // One call runs one switchable layer at one width over a group of images:
-//   1. quantize the float32 NCHW input to unsigned levels, exactly as the float path does
-//      (x / step, clamp to [0, high], round half to even), into a zero-padded NHWC byte map;
+//   1. quantize the float32 NHWC input (torch's channels-last, the layout the CPU inference
+//      path runs in) to unsigned levels, exactly as the float path does (x / step, clamp to
+//      [0, high], round half to even), into a zero-padded NHWC byte map;
 //   2-3. gather each output position's receptive field straight from the byte map into one
 //      bit row per activation plane i (bit i of 64 levels per VPTESTMB: im2col and packing
 //      in one step; the zero padding of the conv is level 0 in every plane);
@@ -12,11 +13,12 @@
 //   5. weights are stored offset-encoded, w = alpha * u + beta with u unsigned in b_w planes,
 //      so the integer dot product is alpha * sum(a * u) + beta * sum(a);
 //   6. the BatchNorm of each sample's (input width, own width) pair and both quantizer steps
-//      are one per-channel scale and shift: out = dot * scale[row][oc] + shift[row][oc].
+//      are one per-channel scale and shift: out = dot * scale[row][oc] + shift[row][oc],
+//      written NHWC, so a layer's output is the next one's input without a copy.
 //
 // The same source builds two libraries: with AVX-512 F/BW/DQ and VPOPCNTDQ the kernel is
 // vectorized (one VPOPCNTQ covers one row word of 8 output positions, VPTESTMB packs 64
-// levels per instruction, gathers quantize 16 channels at once); without, portable scalar
+// levels per instruction, one masked load quantizes 16 channels); without, portable scalar
 // code with __builtin_popcountll, for tests and CPUs without AVX-512 (abn/bitserial/cpu.py
 // picks; the service serves only the vectorized one).
 // A plain C ABI: no Python or torch headers, so it builds with g++ alone in seconds.
@@ -64,8 +66,8 @@ int abn_bitserial_simd(void) { return ABN_AVX512; }
 namespace {
 
 // Positions per group: a 512-bit vector holds one 64-bit row word of 8 output positions, so
-// one AND + VPOPCNTQ + ADD does 512 binary MACs and a group's outputs of one channel are 8
-// contiguous floats of the NCHW output.
+// one AND + VPOPCNTQ + ADD does 512 binary MACs; a group's outputs go through a
+// (positions x channels) tile into the NHWC output, whose rows are positions.
 constexpr int kGroup = 8;
 constexpr int kChannels = 4;  // output channels per step: one activation load feeds four
 
@@ -98,26 +100,23 @@ inline int64_t row_index(const abn_bitserial_layer& L, int64_t p, int64_t i, int
   return ((p / kGroup * L.act_bits + i) * L.row_words + k) * kGroup + p % kGroup;
 }
 
-// 1. x (C, H, W) float -> levels (Hp, Wp, channels) bytes; the border and the padded
+// 1. x (H, W, C) float -> levels (Hp, Wp, channels) bytes; the border and the padded
 // channels are never written (0: level 0 is 0.0). Per element: clamp(x / step, 0, high),
 // then round half to even, as torch does.
 void quantize(const abn_bitserial_layer& L, const Geometry& g, const float* x, uint8_t* map) {
-  const int64_t cb = L.channels, hw = g.h * g.w;
+  const int64_t cb = L.channels, cin = L.in_channels;
 #if ABN_AVX512
   const __m512 step = _mm512_set1_ps(L.act_step);
   const __m512 high = _mm512_set1_ps(static_cast<float>(L.act_high));
   const __m512 zero = _mm512_setzero_ps();
-  const __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
-                                                           5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(static_cast<int>(hw)));
   for (int64_t y = 0; y < g.h; ++y) {
     for (int64_t i = 0; i < g.w; ++i) {
       uint8_t* dst = map + ((y + L.padding) * g.wp + i + L.padding) * cb;
-      for (int64_t c = 0; c < L.in_channels; c += 16) {
-        const int64_t left = L.in_channels - c;
+      const float* src = x + (y * g.w + i) * cin;
+      for (int64_t c = 0; c < cin; c += 16) {
+        const int64_t left = cin - c;
         const __mmask16 m = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-        const float* base = x + c * hw + y * g.w + i;
-        __m512 v = _mm512_mask_i32gather_ps(zero, m, lane, base, 4);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + c);
         v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, step), zero), high);
         v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm_mask_storeu_epi8(dst + c, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
@@ -127,14 +126,14 @@ void quantize(const abn_bitserial_layer& L, const Geometry& g, const float* x, u
 #else
   const float step = L.act_step;
   const float high = static_cast<float>(L.act_high);
-  for (int64_t c = 0; c < L.in_channels; ++c) {
-    for (int64_t y = 0; y < g.h; ++y) {
-      const float* src = x + c * hw + y * g.w;
-      uint8_t* dst = map + ((y + L.padding) * g.wp + L.padding) * cb + c;
-      for (int64_t i = 0; i < g.w; ++i) {
-        float v = src[i] / step;
+  for (int64_t y = 0; y < g.h; ++y) {
+    for (int64_t i = 0; i < g.w; ++i) {
+      const float* src = x + (y * g.w + i) * cin;
+      uint8_t* dst = map + ((y + L.padding) * g.wp + i + L.padding) * cb;
+      for (int64_t c = 0; c < cin; ++c) {
+        float v = src[c] / step;
         v = v < 0.0f ? 0.0f : (v > high ? high : v);
-        dst[i * cb] = static_cast<uint8_t>(std::nearbyint(v));
+        dst[c] = static_cast<uint8_t>(std::nearbyint(v));
       }
     }
   }
@@ -230,17 +229,21 @@ void group_dot(const abn_bitserial_layer& L, const uint64_t* group, int64_t oc,
   }
 }
 
-// 4-6. every group at every output channel of one image, BN applied, stored NCHW.
+// 4-6. every group at every output channel of one image, BN applied, stored NHWC: each
+// group's (channel x position) results are scattered into its positions' rows.
 template <int KW>
 void gemm_groups(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
                  int64_t pair, float* out) {
   const float* scale = L.scale + pair * L.out_channels;
   const float* shift = L.shift + pair * L.out_channels;
-  const int64_t per_group = L.act_bits * L.row_words * kGroup;
+  const int64_t per_group = L.act_bits * L.row_words * kGroup, oc_all = L.out_channels;
+  const __m256i row_starts = _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm256_set1_epi32(static_cast<int>(oc_all)));
   for (int64_t q = 0; q < g.groups; ++q) {
     const uint64_t* group = rows + q * per_group;
     const int64_t p = q * kGroup, n = g.positions - p < kGroup ? g.positions - p : kGroup;
     const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+    float* group_out = out + p * oc_all;
     const __m512i sums = _mm512_mullo_epi64(group_sums(L, group), _mm512_set1_epi64(L.beta));
     for (int64_t oc = 0; oc < L.out_channels; oc += kChannels) {
       __m512i totals[kChannels];
@@ -253,7 +256,7 @@ void gemm_groups(const abn_bitserial_layer& L, const Geometry& g, const uint64_t
         const __m256 y = _mm256_add_ps(
             _mm256_mul_ps(_mm512_cvtepi64_ps(dot), _mm256_set1_ps(scale[oc + o])),
             _mm256_set1_ps(shift[oc + o]));
-        _mm256_mask_storeu_ps(out + (oc + o) * g.positions + p, m, y);
+        _mm256_mask_i32scatter_ps(group_out + oc + o, m, row_starts, y, 4);
       }
     }
   }
@@ -293,7 +296,7 @@ void gemm(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
         }
       }
       const int64_t value = L.alpha * total + L.beta * sum;
-      out[oc * g.positions + p] = static_cast<float>(value) * scale[oc] + shift[oc];
+      out[p * L.out_channels + oc] = static_cast<float>(value) * scale[oc] + shift[oc];
     }
   }
 }
@@ -312,8 +315,8 @@ bool valid(const abn_bitserial_layer& L) {
 
 extern "C" {
 
-// Runs one layer at one width over n images x (n, in_channels, h, w), float32 NCHW; sample k
-// is normalised by BN pair pairs[k]; out is (n, out_channels, oh, ow). Returns 0, or -1 for
+// Runs one layer at one width over n images x (n, h, w, in_channels), float32 NHWC; sample k
+// is normalised by BN pair pairs[k]; out is (n, oh, ow, out_channels). Returns 0, or -1 for
 // a layer description the kernel cannot run, -2 when memory runs out.
 int abn_bitserial_conv(const abn_bitserial_layer* layer, const float* x, int64_t n, int64_t h,
                        int64_t w, const int64_t* pairs, float* out) {

@@ -92,7 +92,7 @@ def test_what_the_kernel_cannot_read_safely_is_refused_before_it(kernel) -> None
     layer = random_layer(16, 8, 3, 1, (2,), input_widths=(2, 4))
     form = BitSerialConv(layer, kernel)
     x = torch.rand(2, 16, 6, 6)
-    with pytest.raises(ValueError, match="float32 NCHW"):
+    with pytest.raises(ValueError, match=r"float32 \(N, C, H, W\)"):
         form.run(x.double(), 2, 2, 1, 1)
     with pytest.raises(ValueError, match="expected 16 channels"):
         form.run(x[:, :8], 2, 2, 1, 1)
