@@ -229,8 +229,28 @@ void group_dot(const abn_bitserial_layer& L, const uint64_t* group, int64_t oc,
   }
 }
 
+// Four channels' outputs at a group's 8 positions (y[o] holds channel o at positions 0..7)
+// into the NHWC rows of its first n positions: a 4 x 8 transpose in registers, then one
+// 4-float store per position, where a scatter per channel costs more.
+inline void store_positions(const __m256* y, int64_t n, int64_t row, float* out) {
+  const __m256 t0 = _mm256_unpacklo_ps(y[0], y[1]);  // c0p0 c1p0 c0p1 c1p1 | p4, p5
+  const __m256 t1 = _mm256_unpackhi_ps(y[0], y[1]);  // p2, p3 | p6, p7
+  const __m256 t2 = _mm256_unpacklo_ps(y[2], y[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(y[2], y[3]);
+  const __m256 u[4] = {
+      _mm256_shuffle_ps(t0, t2, 0x44),  // p0 | p4, channels 0-3 each
+      _mm256_shuffle_ps(t0, t2, 0xEE),  // p1 | p5
+      _mm256_shuffle_ps(t1, t3, 0x44),  // p2 | p6
+      _mm256_shuffle_ps(t1, t3, 0xEE),  // p3 | p7
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const __m128 v = i < 4 ? _mm256_castps256_ps128(u[i]) : _mm256_extractf128_ps(u[i - 4], 1);
+    _mm_storeu_ps(out + i * row, v);
+  }
+}
+
 // 4-6. every group at every output channel of one image, BN applied, stored NHWC: each
-// group's (channel x position) results are scattered into its positions' rows.
+// group's (channel x position) results go into its positions' rows.
 template <int KW>
 void gemm_groups(const abn_bitserial_layer& L, const Geometry& g, const uint64_t* rows,
                  int64_t pair, float* out) {
@@ -249,14 +269,20 @@ void gemm_groups(const abn_bitserial_layer& L, const Geometry& g, const uint64_t
       __m512i totals[kChannels];
       group_dot<KW>(L, group, oc, totals);
       const int64_t count = L.out_channels - oc < kChannels ? L.out_channels - oc : kChannels;
+      __m256 y[kChannels];
       for (int64_t o = 0; o < count; ++o) {
         __m512i dot = L.alpha == 2 ? _mm512_slli_epi64(totals[o], 1) : totals[o];  // 1 or 2
         dot = _mm512_add_epi64(dot, sums);
         // multiply, then add (no FMA): the same rounding as the portable kernel's
-        const __m256 y = _mm256_add_ps(
+        y[o] = _mm256_add_ps(
             _mm256_mul_ps(_mm512_cvtepi64_ps(dot), _mm256_set1_ps(scale[oc + o])),
             _mm256_set1_ps(shift[oc + o]));
-        _mm256_mask_i32scatter_ps(group_out + oc + o, m, row_starts, y, 4);
+      }
+      if (count == kChannels) {
+        store_positions(y, n, oc_all, group_out + oc);
+      } else {
+        for (int64_t o = 0; o < count; ++o)
+          _mm256_mask_i32scatter_ps(group_out + oc + o, m, row_starts, y[o], 4);
       }
     }
   }
