@@ -154,7 +154,11 @@ class Bench:
         with ManagedServer(c.model, log, **c.service_settings()) as server:
             card = httpx.get(server.url + "/v1/model", timeout=10).json()
             if not self.listings:
-                self.results["model"] = {"name": card["name"], "version": card["version"]}
+                self.results["model"] = {
+                    "name": card["name"],
+                    "version": card["version"],
+                    "backend": card["backend"],
+                }
                 self._write_request_sets(card)
             self._wrk(
                 server, "service", bf.PINNED, "pinned-png", c.warmup_seconds, c.warmup_connections

@@ -57,6 +57,7 @@ def _header(results: dict[str, Any], argv: Sequence[str]) -> dict[str, object]:
         "model_version": model["version"],
         "model_dir": c["model"],
         "torch_threads": c["torch_threads"],
+        "backend": model.get("backend", "float"),
         **{key: m[key] for key in ("cpu", "cores", "torch", "python", "os", "load_average")},
         "load_average_end": results.get("load_average_end", "n/a"),
         "busy_note": BUSY_NOTE.format(load=load0) if load0 > IDLE_LOAD else "",

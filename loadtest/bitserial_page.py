@@ -276,7 +276,10 @@ ABOUT = [
     "`ABN_BACKEND=bitserial` runs the eight switchable layers of the served model on a C++ "
     "kernel (`abn/bitserial/csrc/bitserial.cpp`) whose work is proportional to the BitOps the "
     "budget counts; the stem, the classifier (both fixed at 8 bits), the policy, ReLUs, "
-    "residual sums and pooling stay in torch. The default stays `float`.",
+    "residual sums and pooling stay in torch. The default, `ABN_BACKEND=auto`, serves "
+    "`mixed` where this kernel runs: each layer's call on whichever of this kernel and the "
+    "float path measured faster at start for its width and group size "
+    "([backends.md](backends.md)); this page compares the kernel at every width with float.",
     "",
     "- **At load**, every width's weight levels (the quantizer's own integers, "
     "`SwitchableWeightQuantizer.integer_levels`) are offset-encoded, `level = alpha * u + "
@@ -286,11 +289,13 @@ ABOUT = [
     "BatchNorm pair becomes one per-channel scale (times both quantizer steps) and shift.",
     "- **Per layer and width group**, the float input is quantized to levels exactly as the "
     "float path does (`clamp(x / step, 0, high)`, round half to even) into a zero-bordered "
-    "NHWC byte map (level 0 is 0.0, so the conv's zero padding is exact); each output "
+    "NHWC byte map (the input is read channels-last, the CPU path's layout; level 0 is 0.0, "
+    "so the conv's zero padding is exact); each output "
     "position's receptive field becomes one bit row per activation plane, one VPTESTMB per 64 "
     "levels; the popcount GEMM sums `2^(i+j) popcount(A_i AND U_j)` over the rows, eight "
     "output positions per 512-bit VPOPCNTQ, then `dot = alpha * sum + beta * sum(a)` and "
-    "`y = dot * scale[pair] + shift[pair]`, written NCHW. A `b x b`-bit layer costs `b^2` "
+    "`y = dot * scale[pair] + shift[pair]`, written channels-last. A `b x b`-bit layer costs "
+    "`b^2` "
     "binary GEMMs: the BitOps, plus fixed costs per layer (quantize, pack, the BN epilogue).",
     "- **Grouping** is the served path's: samples are grouped by width per layer and each "
     "group is one kernel call; every sample has its own BN pair.",

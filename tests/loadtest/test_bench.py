@@ -59,6 +59,7 @@ def test_a_tiny_bench_measures_the_service_and_a_peer(
     page = out.read_text()
     assert "| figure | measured | target | verdict |" in page
     assert PEERS["naive"].title in page
+    assert f"service's switchable layers on its `{raw['model']['backend']}` backend" in page
     assert "not measured" in page  # the LitServe and lean figures, in this run
     assert (tmp_path / "benchmarks" / "accuracy.png").stat().st_size > 0
 
