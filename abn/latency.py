@@ -92,6 +92,15 @@ def measure_latency(
     }
 
 
+_BACKEND_NOTES = {  # by the table's "backend" (a table without one is the float path's)
+    "float": "Quantization is simulated (float32 arithmetic at every width), so BitOps are an "
+    "accounting unit here, not time.",
+    "bitserial": "Every width on the popcount kernel: time falls with BitOps.",
+    "mixed": "Each layer's call on whichever of the popcount kernel and the float path measured "
+    "faster for its width and group size (docs/backends.md).",
+}
+
+
 def latency_markdown(latency: dict | None) -> list[str]:
     """The latency table of the evaluation report."""
     if not latency:
@@ -102,8 +111,7 @@ def latency_markdown(latency: dict | None) -> list[str]:
         f"batch {latency['batch_size']}, {latency['torch_threads']} threads, median of "
         f"{latency['repeats']})",
         "",
-        "Quantization is simulated (float32 arithmetic at every width), so BitOps are an "
-        "accounting unit here, not time.",
+        _BACKEND_NOTES.get(latency.get("backend", "float"), ""),
         "",
         "| widths | BitOps | batch (ms) | p90 (ms) | per image (ms) |",
         "|---|---:|---:|---:|---:|",

@@ -21,7 +21,7 @@ for round in $(seq "$rounds"); do
         ms=$(cd "$tree" && PYTHONPATH="$tree" "$py" scripts/infer_latency.py --model "$model" \
           --batches 32 --pinned-bits "$bits" --repeats 3 --images 960 --test-images \
           --backend "$backend" 2>/dev/null | "$py" -c \
-          'import json, sys; print(" ".join(f"{v[\"median_ms\"]:.2f}" for v in json.load(sys.stdin).values()))')
+          'import json, sys; print(" ".join("%.2f" % v["median_ms"] for v in json.load(sys.stdin).values()))')
         echo "$round $tree $backend adaptive / pinned $bits-bit ms: $ms"
       done
     done

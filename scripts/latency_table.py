@@ -41,6 +41,7 @@ def main() -> None:
     except BitSerialUnavailableError as err:
         parser.exit(2, f"--backend {args.backend}: {err}\n")
     table = measure_latency(net, costs, md.input_spec, args.batch_size, args.repeats)
+    table["backend"] = args.backend
     print("\n".join(latency_markdown(table)))
 
 

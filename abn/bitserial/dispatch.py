@@ -78,6 +78,8 @@ def _crossing(a: KernelOption, b: KernelOption) -> str:
     n = (large.cost.fixed_us - small.cost.fixed_us) / (
         small.cost.per_image_us - large.cost.per_image_us
     )
+    if n < 1:
+        return f"{large.name} at every size"
     return f"{small.name} up to {n:.1f} images, {large.name} above"
 
 

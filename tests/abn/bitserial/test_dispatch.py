@@ -35,7 +35,11 @@ def test_each_call_runs_on_the_form_cheaper_for_its_width_and_size() -> None:
         KernelOption("float", flat, LinearCost(100.0, 1.0)),
         KernelOption("bitserial", steep, LinearCost(10.0, 0.5)),
     )
-    form = FastestForm({3: options, 1: cheap_everywhere})
+    steep_everywhere = (
+        KernelOption("float", flat, LinearCost(100.0, 1.0)),
+        KernelOption("bitserial", steep, LinearCost(90.0, 50.0)),  # crossing at 0.2 images
+    )
+    form = FastestForm({3: options, 1: cheap_everywhere, 8: steep_everywhere})
     for n in (1, 22, 23, 64):
         form.run(torch.zeros(n, 2, 3, 3), 3, 8, 1, 1)
     form.run(torch.zeros(64, 2, 3, 3), 1, 8, 1, 1)
@@ -43,6 +47,7 @@ def test_each_call_runs_on_the_form_cheaper_for_its_width_and_size() -> None:
     assert form.crossings() == {
         3: "bitserial up to 22.5 images, float above",
         1: "bitserial at every size",
+        8: "float at every size",
     }
 
 
