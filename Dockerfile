@@ -37,8 +37,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS builder
 # The wheel index torch comes from: CPU by default, a CUDA index (cu128, ...) for GPU images.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# g++ compiles the bit-serial kernels (ABN_BACKEND=bitserial) below; the runtime stage gets
-# only the built libraries (libstdc++ linked in statically), not the compiler.
+# g++ compiles the bit-serial kernels below (ABN_BACKEND=auto, the default, serves them where
+# the CPU runs them); the runtime stage gets only the built libraries (libstdc++ linked in
+# statically), not the compiler.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ \
