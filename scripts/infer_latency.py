@@ -70,6 +70,21 @@ def count_ops(model: ServedModel, batch: int, calls: int = 10) -> float:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / calls
 
 
+def top_ops(model: ServedModel, batch: int, bits: int, calls: int = 30) -> str:
+    """The aten ops of ``calls`` pinned ``infer`` calls on random pixels, by self CPU time:
+    where a pinned batch's time goes, op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
+    budgets = torch.full((batch,), model.max_bitops, dtype=torch.float64)
+    pinned = torch.full((batch, model.num_layers), bits)
+    model.infer(x, budgets, pinned)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            model.infer(x, budgets, pinned)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="model_store/fmnist-abn")
@@ -83,6 +98,11 @@ def main() -> None:
     )
     p.add_argument(
         "--test-images", action="store_true", help="Fashion-MNIST test images, not random pixels"
+    )
+    p.add_argument(
+        "--top-ops",
+        action="store_true",
+        help="also print the aten ops of 30 pinned calls at the first batch size by CPU time",
     )
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -109,6 +129,8 @@ def main() -> None:
             f"batch {b}": count_ops(model, int(b)) for b in args.batches.split(",")
         }
     print(json.dumps(report, indent=1))
+    if args.top_ops:
+        print(top_ops(model, batches[0], args.pinned_bits))
 
 
 if __name__ == "__main__":
