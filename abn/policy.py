@@ -554,7 +554,7 @@ class CompiledPolicy:
         """Re-run the samples ``rows`` from block ``block``'s input at ``width`` in every
         layer, and put their answers and widths into ``result``. One pass per (block, width):
         each layer then runs one group at one width, where a pass of mixed widths would split,
-        gather and scatter every layer (about 1 ms more per batch of 32, docs/profiling.md)."""
+        gather and scatter its rows at every layer."""
         device = result.logits.device
         index = torch.tensor(rows, device=device)
         rerun = self.net.resume(

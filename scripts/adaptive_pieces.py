@@ -1,10 +1,10 @@
 """Where an adaptive batch's time goes: the first pass, the policy's decisions, each re-run.
 
 Times ``ServedModel.infer`` on consecutive batches of Fashion-MNIST test images under the
-budget mix of ``scripts/infer_latency.py`` (one torch thread), with the rollout's pieces
-wrapped in timers: the width decisions (and within them the pooling of the activation, the
-budget state, the MLP), the last decision, and every re-run by (block, width) with the
-images it took. Milliseconds per call, means over the calls; the wrappers add a few
+budget mix of ``scripts/infer_latency.py`` (``budget_mix``), on one torch thread, with the
+rollout's pieces wrapped in timers: the width decisions (and within them the pooling of the
+activation, the budget state, the MLP), the last decision, and every re-run by (block, width)
+with the images it took. Milliseconds per call, means over the calls; the wrappers add a few
 microseconds each, so compare pieces with each other, not with other scripts' totals.
 
     .venv/bin/python scripts/adaptive_pieces.py --backend mixed
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from infer_latency import budget_mix  # scripts/, on the path when a script runs
 
 import abn.policy as policy
 from abn.data import load_fashion_mnist
@@ -70,9 +71,7 @@ def main() -> None:
     model = ServedModel.load(args.model, "cpu", args.backend)
     model.warm_up(64)
     images = load_fashion_mnist("test").images[: args.batch * args.calls]
-    lo, hi = model.min_bitops, model.max_bitops
-    mix = [lo + (hi - lo) * q for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    budgets = torch.tensor((mix * (args.batch // 5 + 1))[: args.batch], dtype=torch.float64)
+    budgets = budget_mix(model, args.batch)
     batches = [images[i * args.batch :][: args.batch] for i in range(args.calls)]
     model.infer(batches[0], budgets, None)
     instrument()

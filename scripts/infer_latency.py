@@ -28,6 +28,13 @@ from service.backends import CHOICES
 from service.model import ServedModel
 
 
+def budget_mix(model: ServedModel, batch: int) -> torch.Tensor:
+    """``batch`` budgets cycling through the cheapest, the dearest and three between."""
+    lo, hi = model.min_bitops, model.max_bitops
+    mix = [lo + (hi - lo) * q for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    return torch.tensor((mix * (batch // 5 + 1))[:batch], dtype=torch.float64)
+
+
 def measure(
     model: ServedModel,
     batch: int,
@@ -45,9 +52,7 @@ def measure(
     else:
         whole = len(source) // batch  # the batches source holds (main checks there is one)
         inputs = [source[(i % whole) * batch :][:batch] for i in range(calls)]
-    lo, hi = model.min_bitops, model.max_bitops
-    mix = [lo + (hi - lo) * p for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    budgets = torch.tensor((mix * (batch // 5 + 1))[:batch], dtype=torch.float64)
+    budgets = budget_mix(model, batch)
     pinned = None if pinned_bits is None else torch.full((batch, model.num_layers), pinned_bits)
     model.infer(inputs[0], budgets, pinned)
     start = time.perf_counter()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -52,7 +53,12 @@ def install_backend(net: Supernet, table: CostTable, backend: str, *, auto: bool
         if backend == "bitserial":
             use_bitserial(net)
         elif backend == "mixed":
+            started = time.perf_counter()
             kernels = use_fastest_kernels(net, table.layer_input_shapes)
+            log.info(
+                "ABN_BACKEND=mixed: both kernels timed per layer and width in %.2fs",
+                time.perf_counter() - started,
+            )
             for layer, widths in kernels.items():
                 log.info("ABN_BACKEND=mixed: %s %s", layer, widths)
     except BitSerialUnavailableError as err:

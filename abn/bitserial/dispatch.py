@@ -11,6 +11,7 @@ ran.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,13 +33,11 @@ TIMING_REPEATS = 5  # interleaved calls per form, width and batch size; the medi
 
 @dataclass(frozen=True)
 class LinearCost:
-    """A form's fitted time for one width of one layer, in microseconds."""
+    """A form's fitted time for one width of one layer, in microseconds:
+    ``fixed_us + per_image_us * images``."""
 
     fixed_us: float
     per_image_us: float
-
-    def at(self, images: int) -> float:
-        return self.fixed_us + self.per_image_us * images
 
 
 @dataclass(frozen=True)
@@ -51,36 +50,52 @@ class KernelOption:
 
 
 @dataclass(frozen=True)
-class FastestForm:
-    """A switchable layer's inference form that runs each call on the kernel whose fitted
-    cost (:class:`LinearCost`) is lower for that width and that many images
-    (:func:`use_fastest_kernels`)."""
+class WidthChoice:
+    """Which kernel runs a layer's calls at one width, decided at load: ``small`` for groups
+    of up to ``up_to`` images (the fitted costs' crossing), ``large`` above."""
 
-    by_width: dict[int, tuple[KernelOption, KernelOption]]
+    small: KernelOption
+    large: KernelOption
+    up_to: float
+
+    @classmethod
+    def between(cls, a: KernelOption, b: KernelOption) -> WidthChoice:
+        """The cheaper of ``a`` and ``b`` at every group size: the one with the lower fixed
+        cost up to where the other's lower cost per image overtakes it."""
+        small, large = (a, b) if a.cost.fixed_us <= b.cost.fixed_us else (b, a)
+        if small.cost.per_image_us <= large.cost.per_image_us:
+            return cls(small, large, math.inf)
+        up_to = (large.cost.fixed_us - small.cost.fixed_us) / (
+            small.cost.per_image_us - large.cost.per_image_us
+        )
+        return cls(small, large, up_to)
+
+    def describe(self) -> str:
+        """In words, for the start log."""
+        if self.up_to == math.inf:
+            return f"{self.small.name} at every size"
+        if self.up_to < 1:
+            return f"{self.large.name} at every size"
+        return f"{self.small.name} up to {self.up_to:.1f} images, {self.large.name} above"
+
+
+@dataclass(frozen=True)
+class FastestForm:
+    """A switchable layer's inference form that runs each call on the kernel chosen at load
+    for its width and group size (:class:`WidthChoice`, :func:`use_fastest_kernels`)."""
+
+    by_width: dict[int, WidthChoice]
 
     def run(
         self, x: torch.Tensor, bits: int, in_bits: HostWidths, stride: int, padding: int
     ) -> torch.Tensor:
-        images = x.shape[0]
-        first, second = self.by_width[bits]
-        option = first if first.cost.at(images) <= second.cost.at(images) else second
+        choice = self.by_width[bits]
+        option = choice.small if x.shape[0] <= choice.up_to else choice.large
         return option.form.run(x, bits, in_bits, stride, padding)
 
     def crossings(self) -> dict[int, str]:
-        """Per width, in words, which kernel runs which group sizes (logs, the model card)."""
-        return {bits: _crossing(*options) for bits, options in self.by_width.items()}
-
-
-def _crossing(a: KernelOption, b: KernelOption) -> str:
-    small, large = (a, b) if a.cost.fixed_us <= b.cost.fixed_us else (b, a)
-    if small.cost.per_image_us <= large.cost.per_image_us:
-        return f"{small.name} at every size"
-    n = (large.cost.fixed_us - small.cost.fixed_us) / (
-        small.cost.per_image_us - large.cost.per_image_us
-    )
-    if n < 1:
-        return f"{large.name} at every size"
-    return f"{small.name} up to {n:.1f} images, {large.name} above"
+        """Per width, in words, which kernel runs which group sizes (the start log)."""
+        return {bits: choice.describe() for bits, choice in self.by_width.items()}
 
 
 def _call_us(
@@ -152,7 +167,7 @@ def use_fastest_kernels(
     for layer, pair, cost in zip(layers, forms, costs, strict=True):
         fastest = FastestForm(
             {
-                b: (
+                b: WidthChoice.between(
                     KernelOption(names[0], pair[0], cost[(b, 0)]),
                     KernelOption(names[1], pair[1], cost[(b, 1)]),
                 )

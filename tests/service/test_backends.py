@@ -46,17 +46,3 @@ def test_auto_falls_back_to_float_when_the_kernel_cannot_build(
 def test_the_card_names_the_backend_auto_resolved_to(tiny_model_dir) -> None:
     model = ServedModel.load(tiny_model_dir, "cpu", "auto")
     assert model.card()["backend"] == ("mixed" if RUNNABLE else "float")
-
-
-@pytest.mark.skipif(not RUNNABLE, reason="this CPU cannot run the avx512 kernel")
-def test_mixed_answers_as_float_under_the_policy(tiny_model_dir) -> None:
-    float_model = ServedModel.load(tiny_model_dir, "cpu", "float")
-    mixed = ServedModel.load(tiny_model_dir, "cpu", "mixed")
-    images = torch.randint(0, 256, (48, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-    images = images.to(torch.uint8)
-    budgets = torch.linspace(float_model.min_bitops, float_model.max_bitops, 48).double()
-    expected = float_model.infer(images, budgets, None)
-    got = mixed.infer(images, budgets, None)
-    assert torch.equal(expected.widths, got.widths)
-    assert torch.equal(expected.probabilities.argmax(1), got.probabilities.argmax(1))
-    torch.testing.assert_close(got.probabilities, expected.probabilities, atol=1e-3, rtol=0)

@@ -25,15 +25,16 @@ def test_an_unknown_backend_names_the_known_ones(tiny_model_dir) -> None:
 
 
 @pytest.mark.skipif(not RUNNABLE, reason="this CPU cannot run the avx512 kernel")
-def test_bitserial_answers_as_float_under_the_policy(tiny_model_dir) -> None:
+@pytest.mark.parametrize("backend", ["bitserial", "mixed"])
+def test_the_kernel_backends_answer_as_float_under_the_policy(tiny_model_dir, backend) -> None:
     float_model = ServedModel.load(tiny_model_dir, "cpu", "float")
-    bitserial = ServedModel.load(tiny_model_dir, "cpu", "bitserial")
-    assert (float_model.card()["backend"], bitserial.card()["backend"]) == ("float", "bitserial")
+    served = ServedModel.load(tiny_model_dir, "cpu", backend)
+    assert (float_model.card()["backend"], served.card()["backend"]) == ("float", backend)
     images = torch.randint(0, 256, (48, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     images = images.to(torch.uint8)
     budgets = torch.linspace(float_model.min_bitops, float_model.max_bitops, 48).double()
     expected = float_model.infer(images, budgets, None)
-    got = bitserial.infer(images, budgets, None)
+    got = served.infer(images, budgets, None)
     assert torch.equal(expected.widths, got.widths)
     assert torch.equal(expected.bitops, got.bitops)
     assert torch.equal(expected.probabilities.argmax(1), got.probabilities.argmax(1))

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from abn.bitops import cost_table
-from abn.bitserial.dispatch import FastestForm, KernelOption, LinearCost, use_fastest_kernels
+from abn.bitserial.dispatch import (
+    FastestForm,
+    KernelOption,
+    LinearCost,
+    WidthChoice,
+    use_fastest_kernels,
+)
 from abn.store import DEFAULT_MODEL_DIR, open_model_dir
 
 from .conftest import RUNNABLE
@@ -39,11 +45,18 @@ def test_each_call_runs_on_the_form_cheaper_for_its_width_and_size() -> None:
         KernelOption("float", flat, LinearCost(100.0, 1.0)),
         KernelOption("bitserial", steep, LinearCost(90.0, 50.0)),  # crossing at 0.2 images
     )
-    form = FastestForm({3: options, 1: cheap_everywhere, 8: steep_everywhere})
+    form = FastestForm(
+        {
+            3: WidthChoice.between(*options),
+            1: WidthChoice.between(*cheap_everywhere),
+            8: WidthChoice.between(*steep_everywhere),
+        }
+    )
     for n in (1, 22, 23, 64):
         form.run(torch.zeros(n, 2, 3, 3), 3, 8, 1, 1)
     form.run(torch.zeros(64, 2, 3, 3), 1, 8, 1, 1)
-    assert steep.sizes == [1, 22, 64] and flat.sizes == [23, 64]
+    form.run(torch.zeros(1, 2, 3, 3), 8, 8, 1, 1)
+    assert steep.sizes == [1, 22, 64] and flat.sizes == [23, 64, 1]
     assert form.crossings() == {
         3: "bitserial up to 22.5 images, float above",
         1: "bitserial at every size",
